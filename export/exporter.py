@@ -1,0 +1,227 @@
+"""``export_model``: source model folder -> checked artefact directory."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import importlib.metadata
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from embedrt.export.parity import ParityReport, compare, reference_embeddings, validation_sentences
+from embedrt.export.source import SourceModel, read_source, resolve_source
+from embedrt.export.variants import Variant, get_variant
+from embedrt.runtime.embedder import Embedder
+from embedrt.runtime.errors import EmbedrtError, MissingExtraError, ParityError
+from embedrt.runtime.manifest import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, Manifest, sha256_file
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str], None]
+VERSIONED_PACKAGES = (
+    "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
+    "sentence-transformers", "tokenizers",
+)
+OUTPUT_NAME = "last_hidden_state"
+
+
+class OutputDirectoryError(EmbedrtError, FileExistsError):
+    """The output directory exists and is not an embedrt artefact: export will not overwrite it."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export.
+
+    Attributes:
+        variant: which artefact to build (see ``embedrt.export.VARIANTS``).
+        check: measure parity against torch and fail beyond the variant's tolerance.
+        opset: ONNX opset; None lets the exporter choose.
+        threads: onnxruntime threads for the parity check; None = the usable CPUs.
+    """
+
+    variant: str = "fp32"
+    check: bool = True
+    opset: int | None = None
+    threads: int | None = None
+
+
+def default_out_dir(model_name: str, variant: str) -> Path:
+    """``models/<model-name>/<variant>/`` under the current directory."""
+    return Path("models") / model_name / variant
+
+
+def export_model(
+    source: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    options: ExportOptions | None = None,
+    progress: ProgressCallback | None = None,
+) -> Manifest:
+    """Export a sentence-transformers model to an artefact directory and check it.
+
+    Args:
+        source: a catalogue name, a local sentence-transformers folder, or None for the
+            bundled default (all-MiniLM-L6-v2).
+        out_dir: where to write; default ``models/<model-name>/<variant>/``.
+        options: variant and checks; see :class:`ExportOptions`.
+        progress: called with a short description as each step starts.
+
+    Returns:
+        The manifest written, with the parity figures measured.
+
+    Raises:
+        SourceModelError: the source cannot be reproduced faithfully (names the stage).
+        MissingExtraError: the [export] extra is not installed.
+        ParityError: the artefact disagrees with torch beyond the variant's tolerance;
+            nothing is written then.
+        OutputDirectoryError: ``out_dir`` holds something that is not an artefact.
+    """
+    options = options or ExportOptions()
+    step = progress or (lambda message: logger.info("%s", message))
+    variant = get_variant(options.variant)
+    step("reading the source model")
+    folder, name = resolve_source(source)
+    model = read_source(folder, name)
+    target = Path(out_dir) if out_dir is not None else default_out_dir(model.name, variant.name)
+    _check_writable(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _staging_dir(target) as staging:
+        step(f"exporting {model.name} to ONNX")
+        inputs = _export_onnx(model, staging, options.opset)
+        manifest = _write_manifest(model, variant, staging, inputs)
+        if options.check:
+            step("checking parity against sentence-transformers on torch")
+            report = check_parity(model, staging, variant, options.threads)
+            manifest = _write_manifest(model, variant, staging, inputs, report)
+            if not report.passed:
+                raise ParityError(
+                    f"{variant.name} export of {model.name} disagrees with torch: "
+                    f"{report.summary()}"
+                )
+        step(f"writing {target}")
+        _replace_dir(staging, target)
+    return manifest
+
+
+def check_parity(
+    model: SourceModel, artefact: Path, variant: Variant, threads: int | None = None
+) -> ParityReport:
+    """Embed the validation sentences with torch and with the artefact, and compare."""
+    sentences = validation_sentences()
+    reference = reference_embeddings(model.path, sentences)
+    candidate = Embedder.load(artefact, threads=threads).embed(sentences)
+    return compare(reference, candidate, variant.min_cosine, variant.max_abs_diff)
+
+
+def _export_onnx(model: SourceModel, staging: Path, opset: int | None) -> tuple[str, ...]:
+    """Export the Transformer stage with optimum; return the graph's input names."""
+    try:
+        import onnxruntime as ort
+        from optimum.exporters.onnx import main_export
+    except ImportError as err:
+        raise MissingExtraError("export", "embedrt export", err.name or "optimum") from err
+    with tempfile.TemporaryDirectory(prefix="embedrt-optimum-") as scratch:
+        main_export(
+            str(model.transformer_path),
+            output=scratch,
+            task="feature-extraction",
+            library_name="transformers",
+            opset=opset,
+            do_validation=False,  # export checks parity itself, on pooled outputs
+            device="cpu",
+        )
+        shutil.move(Path(scratch) / MODEL_FILE, staging / MODEL_FILE)
+        _copy_tokenizer(model, Path(scratch), staging)
+    session = ort.InferenceSession(str(staging / MODEL_FILE), providers=["CPUExecutionProvider"])
+    return tuple(i.name for i in session.get_inputs())
+
+
+def _copy_tokenizer(model: SourceModel, exported: Path, staging: Path) -> None:
+    """Prefer the source's own tokenizer.json; else the one the exporter converted."""
+    for candidate in (model.transformer_path / TOKENIZER_FILE, exported / TOKENIZER_FILE):
+        if candidate.is_file():
+            shutil.copyfile(candidate, staging / TOKENIZER_FILE)
+            return
+    raise EmbedrtError(f"{model.path}: no fast tokenizer (tokenizer.json) could be produced")
+
+
+def _write_manifest(
+    model: SourceModel,
+    variant: Variant,
+    staging: Path,
+    inputs: tuple[str, ...],
+    report: ParityReport | None = None,
+) -> Manifest:
+    manifest = Manifest(
+        model_name=model.name,
+        source={
+            "path": str(model.path),
+            "weights_file": model.weights_file.name,
+            "weights_sha256": sha256_file(model.weights_file),
+        },
+        dim=model.dim,
+        pooling=model.pooling,
+        normalize=model.normalize,
+        max_seq_length=model.max_seq_length,
+        inputs=inputs,
+        output=OUTPUT_NAME,
+        pad_token_id=_pad_token_id(staging / TOKENIZER_FILE),
+        variant=variant.name,
+        recipe={"method": "optimum ONNX export, task feature-extraction", "dtype": "float32"},
+        files={name: sha256_file(staging / name) for name in (MODEL_FILE, TOKENIZER_FILE)},
+        versions=_versions(),
+        parity=report.to_dict() if report else {},
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    manifest.save(staging)
+    return manifest
+
+
+def _pad_token_id(tokenizer_file: Path) -> int:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    for token in ("[PAD]", "<pad>", "<PAD>"):
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return int(token_id)
+    return 0  # padded positions are masked out, so any valid id is correct
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for package in VERSIONED_PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    return versions
+
+
+def _check_writable(target: Path) -> None:
+    if target.exists() and not target.is_dir():
+        raise OutputDirectoryError(f"{target}: exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST_FILE).is_file():
+        raise OutputDirectoryError(
+            f"{target}: exists, is not empty and is not an embedrt artefact; "
+            "choose another --out or empty it first"
+        )
+
+
+@contextlib.contextmanager
+def _staging_dir(target: Path) -> Iterator[Path]:
+    """A scratch directory beside ``target``, removed unless moved into place."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    staging.mkdir()  # so the staging context's cleanup finds something to remove

@@ -1,0 +1,163 @@
+"""Reading a sentence-transformers model folder into what export needs to reproduce it."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from embedrt.runtime.errors import MissingExtraError, SourceModelError
+
+# The sentence-transformers stages export can reproduce in the artefact.
+TRANSFORMER_STAGE = "sentence_transformers.models.Transformer"
+POOLING_STAGE = "sentence_transformers.models.Pooling"
+NORMALIZE_STAGE = "sentence_transformers.models.Normalize"
+# Pooling config flags, and the manifest's name for each one embedrt supports.
+POOLING_FLAGS = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+}
+UNSUPPORTED_POOLING_FLAGS = (
+    "pooling_mode_mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens",
+    "pooling_mode_lasttoken",
+)
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """A sentence-transformers model folder, as export understands it."""
+
+    path: Path
+    name: str
+    transformer_path: Path
+    weights_file: Path
+    pooling: str
+    normalize: bool
+    max_seq_length: int
+    dim: int
+
+
+def catalogue() -> dict[str, Any]:
+    """The known-models catalogue (``models/catalogue.json``)."""
+    text = resources.files("embedrt.models").joinpath("catalogue.json").read_text()
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+def resolve_source(source: str | Path | None) -> tuple[Path, str]:
+    """Turn SOURCE (None, a catalogue name, or a folder) into ``(folder, model name)``.
+
+    Raises:
+        MissingExtraError: a catalogue model's weights package is not installed.
+        SourceModelError: SOURCE is neither a known name nor an existing folder.
+    """
+    known = catalogue()
+    name = str(source) if source is not None else known["default"]
+    if name in known["models"]:
+        entry = known["models"][name]
+        try:
+            module = importlib.import_module(entry["module"])
+        except ImportError as err:
+            raise MissingExtraError("export", f"exporting {name}", entry["package"]) from err
+        return Path(getattr(module, entry["locator"])()), name
+    folder = Path(name)
+    if not folder.is_dir():
+        raise SourceModelError(
+            f"{name}: not a folder and not a known model (known: {', '.join(known['models'])})"
+        )
+    resolved = folder.resolve()
+    model_name = resolved.name if resolved.name != "model" else resolved.parent.name
+    return folder, model_name
+
+
+def read_source(folder: Path, name: str) -> SourceModel:
+    """Read modules.json and its stages' configs from a sentence-transformers folder.
+
+    Raises:
+        SourceModelError: the folder is not a sentence-transformers model, or it has a
+            stage or pooling mode embedrt cannot reproduce (the message names it).
+    """
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        raise SourceModelError(
+            f"{folder}: no modules.json; embedrt exports sentence-transformers model folders "
+            "(modules.json + a Transformer stage + a Pooling stage)"
+        )
+    stages = _read_json(modules_file)
+    by_type: dict[str, dict[str, Any]] = {}
+    for stage in stages:
+        kind = stage.get("type", "?")
+        if kind not in (TRANSFORMER_STAGE, POOLING_STAGE, NORMALIZE_STAGE):
+            raise SourceModelError(
+                f"{folder}: stage {stage.get('idx', '?')} ({kind}, path {stage.get('path')!r}) "
+                "cannot be reproduced by embedrt's runtime; supported stages are "
+                "Transformer, Pooling and Normalize"
+            )
+        by_type[kind] = stage
+    for required in (TRANSFORMER_STAGE, POOLING_STAGE):
+        if required not in by_type:
+            raise SourceModelError(f"{folder}: modules.json has no {required} stage")
+    transformer_path = folder / by_type[TRANSFORMER_STAGE].get("path", "")
+    pooling, dim = _read_pooling(folder / by_type[POOLING_STAGE]["path"] / "config.json")
+    return SourceModel(
+        path=folder,
+        name=name,
+        transformer_path=transformer_path,
+        weights_file=_weights_file(transformer_path),
+        pooling=pooling,
+        # modules.json decides: the Normalize stage has no folder of its own.
+        normalize=NORMALIZE_STAGE in by_type,
+        max_seq_length=_max_seq_length(folder, transformer_path),
+        dim=dim,
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise SourceModelError(f"{path}: cannot read it ({err})") from err
+
+
+def _read_pooling(config_file: Path) -> tuple[str, int]:
+    config = _read_json(config_file)
+    for flag in UNSUPPORTED_POOLING_FLAGS:
+        if config.get(flag):
+            raise SourceModelError(
+                f"{config_file}: pooling stage uses {flag}, which embedrt cannot reproduce "
+                f"(supported: {', '.join(POOLING_FLAGS)})"
+            )
+    modes = [mode for flag, mode in POOLING_FLAGS.items() if config.get(flag)]
+    if len(modes) != 1:
+        raise SourceModelError(
+            f"{config_file}: pooling stage must use exactly one of {', '.join(POOLING_FLAGS)}; "
+            f"it sets {modes or 'none'}"
+        )
+    return modes[0], int(config["word_embedding_dimension"])
+
+
+def _max_seq_length(folder: Path, transformer_path: Path) -> int:
+    """sentence-transformers' limit: sentence_bert_config.json, else the model's positions."""
+    for candidate in (transformer_path, folder):
+        config_file = candidate / "sentence_bert_config.json"
+        if config_file.is_file():
+            value = _read_json(config_file).get("max_seq_length")
+            if value:
+                return int(value)
+    config = _read_json(transformer_path / "config.json")
+    return int(config.get("max_position_embeddings", 512))
+
+
+def _weights_file(transformer_path: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (transformer_path / name).is_file():
+            return transformer_path / name
+    raise SourceModelError(
+        f"{transformer_path}: no weights found (looked for {', '.join(WEIGHT_FILES)})"
+    )

@@ -1,0 +1,50 @@
+"""The artefact variants export can build, each with the parity tolerance it must meet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embedrt.runtime.errors import EmbedrtError
+
+
+class UnknownVariantError(EmbedrtError, ValueError):
+    """The requested variant is not one export knows how to build."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A kind of artefact and the agreement with torch it must show at export.
+
+    Attributes:
+        name: the name used on the command line and in the manifest.
+        description: one line for ``--help`` and ``embedrt info``.
+        min_cosine: lowest per-sentence cosine to the torch reference accepted.
+        max_abs_diff: largest absolute difference of any embedding element accepted.
+    """
+
+    name: str
+    description: str
+    min_cosine: float
+    max_abs_diff: float
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("fp32", "the exported graph as is, float32", 0.99999, 1e-5),
+    )
+}
+
+
+def get_variant(name: str) -> Variant:
+    """Look up a variant by name.
+
+    Raises:
+        UnknownVariantError: no such variant (the message lists the known ones).
+    """
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise UnknownVariantError(
+            f"variant {name!r} is not known; choose one of: {', '.join(VARIANTS)}"
+        ) from None

@@ -1,0 +1,1 @@
+"""Known models, as data: ``catalogue.json``. Exported artefacts land beside it (git-ignored)."""

@@ -1,0 +1,264 @@
+"""The runtime's one public class: tokenise, run the ONNX graph, pool, normalise."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from tokenizers import Encoding, Tokenizer
+
+from embedrt.runtime.cpus import usable_cpus
+from embedrt.runtime.errors import ArtefactError, ArtefactNotFoundError, InputTooLongError
+from embedrt.runtime.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, sha256_file
+from embedrt.runtime.pooling import FloatArray, l2_normalize, pool
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 32
+KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """The result of :meth:`Embedder.encode`.
+
+    Attributes:
+        vectors: ``(n, dim)`` float32, C-contiguous, in input order.
+        token_counts: tokens fed to the model for each input (special tokens included).
+        truncated: positions of the inputs that were cut at ``max_seq_length``.
+    """
+
+    vectors: FloatArray
+    token_counts: npt.NDArray[np.int64]
+    truncated: tuple[int, ...]
+
+
+class Embedder:
+    """Embeds texts with an artefact directory written by ``embedrt export``.
+
+    Build one with :meth:`Embedder.load`. It is safe to call from several threads.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        session: ort.InferenceSession,
+        tokenizer: Tokenizer,
+        untruncated_tokenizer: Tokenizer,
+        threads: int,
+        batch_size: int,
+    ) -> None:
+        self.manifest = manifest
+        self.threads = threads
+        self.batch_size = batch_size
+        self._session = session
+        self._tokenizer = tokenizer
+        self._untruncated = untruncated_tokenizer
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        threads: int | None = None,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        verify: bool = True,
+        spin: bool = False,
+    ) -> Embedder:
+        """Load an artefact directory.
+
+        Args:
+            path: directory holding ``manifest.json``, ``model.onnx`` and ``tokenizer.json``.
+            threads: onnxruntime intra-op threads; default: the CPUs this process may use
+                (its affinity mask and cgroup quota, not the host's core count).
+            batch_size: default number of texts per inference call.
+            verify: check the files' sha256 against the manifest (costs a read of the model).
+            spin: let onnxruntime's idle workers busy-wait (lower latency, burns CPU).
+
+        Raises:
+            ArtefactNotFoundError: the directory or one of its files is missing.
+            ArtefactError: the manifest is invalid, or a file does not match it.
+            ValueError: ``threads`` or ``batch_size`` is not positive.
+        """
+        directory = Path(path)
+        manifest = Manifest.load(directory)
+        _check_positive(threads=threads, batch_size=batch_size)
+        model_path = _artefact_file(directory, MODEL_FILE, manifest, verify)
+        tokenizer_path = _artefact_file(directory, TOKENIZER_FILE, manifest, verify)
+        thread_count = threads or usable_cpus()
+        session = _open_session(model_path, thread_count, spin)
+        _check_graph(session, manifest, model_path)
+        tokenizer, untruncated = _load_tokenizers(tokenizer_path, manifest.max_seq_length)
+        return cls(manifest, session, tokenizer, untruncated, thread_count, batch_size)
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return self.manifest.dim
+
+    @property
+    def max_seq_length(self) -> int:
+        """Token limit per input (special tokens included)."""
+        return self.manifest.max_seq_length
+
+    def embed(
+        self, texts: Sequence[str], *, batch_size: int | None = None, truncate: bool = True
+    ) -> FloatArray:
+        """Embed ``texts``; returns ``(len(texts), dim)`` float32 in input order.
+
+        Raises:
+            TypeError: ``texts`` is a single string, or an item is not a string.
+            InputTooLongError: ``truncate`` is False and an input exceeds ``max_seq_length``.
+        """
+        return self.encode(texts, batch_size=batch_size, truncate=truncate).vectors
+
+    def encode(
+        self, texts: Sequence[str], *, batch_size: int | None = None, truncate: bool = True
+    ) -> Embeddings:
+        """Embed ``texts`` and report token counts and truncation.
+
+        Inputs longer than ``max_seq_length`` are truncated (one log line per call gives the
+        count) unless ``truncate`` is False, which raises instead. Batches are formed from
+        length-sorted inputs so padding stays small; results come back in input order.
+
+        Raises:
+            TypeError: ``texts`` is a single string, or an item is not a string.
+            InputTooLongError: ``truncate`` is False and an input exceeds ``max_seq_length``.
+            ValueError: ``batch_size`` is not positive.
+        """
+        _check_texts(texts)
+        size = batch_size or self.batch_size
+        _check_positive(batch_size=size)
+        encodings = self._tokenize(texts, truncate)
+        lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+        truncated = tuple(i for i, e in enumerate(encodings) if e.overflowing)
+        if truncated:
+            logger.warning(
+                "truncated %d of %d inputs to max_seq_length=%d tokens",
+                len(truncated), len(encodings), self.max_seq_length,
+            )
+        vectors = np.empty((len(encodings), self.dim), dtype=np.float32)
+        order = np.argsort(lengths, kind="stable")
+        for start in range(0, len(order), size):
+            rows = order[start : start + size]
+            vectors[rows] = self._embed_batch([encodings[i] for i in rows])
+        return Embeddings(vectors, lengths, truncated)
+
+    def _tokenize(self, texts: Sequence[str], truncate: bool) -> list[Encoding]:
+        if not texts:
+            return []
+        if truncate:
+            if len(texts) == 1:  # the short path: no thread-pool hand-off for one text
+                return [self._tokenizer.encode(texts[0])]
+            return self._tokenizer.encode_batch(list(texts))
+        encodings = self._untruncated.encode_batch(list(texts))
+        for position, encoding in enumerate(encodings):
+            if len(encoding.ids) > self.max_seq_length:
+                raise InputTooLongError(
+                    f"input {position} has {len(encoding.ids)} tokens; the model accepts at most "
+                    f"{self.max_seq_length}. Pass truncate=True or shorten it "
+                    f"(starts: {texts[position][:40]!r})"
+                )
+        return encodings
+
+    def _embed_batch(self, encodings: Sequence[Encoding]) -> FloatArray:
+        width = max(len(e.ids) for e in encodings)
+        ids = np.full((len(encodings), width), self.manifest.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            ids[row, : len(encoding.ids)] = encoding.ids
+            mask[row, : len(encoding.ids)] = 1
+        feeds: dict[str, npt.NDArray[np.int64]] = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self.manifest.inputs:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        hidden = self._session.run([self.manifest.output], feeds)[0]
+        pooled = pool(hidden, mask, self.manifest.pooling)
+        return l2_normalize(pooled) if self.manifest.normalize else pooled
+
+
+def _check_texts(texts: Any) -> None:
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(
+            "texts must be a list of strings, got a single "
+            f"{type(texts).__name__}; wrap it in a list: embed([text])"
+        )
+    if not isinstance(texts, Sequence):
+        raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
+    for position, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"input {position} is {type(text).__name__}, not str")
+
+
+def _check_positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and (not isinstance(value, int) or value <= 0):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _artefact_file(directory: Path, name: str, manifest: Manifest, verify: bool) -> Path:
+    path = directory / name
+    if not path.is_file():
+        raise ArtefactNotFoundError(f"{path}: {name} is missing from the artefact")
+    expected = manifest.files.get(name)
+    if verify and expected is not None and sha256_file(path) != expected:
+        raise ArtefactError(
+            f"{path}: sha256 does not match manifest.json; the file was changed or corrupted "
+            "after export. Re-export the model."
+        )
+    return path
+
+
+def _open_session(model_path: Path, threads: int, spin: bool) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    try:
+        return ort.InferenceSession(
+            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as err:  # onnxruntime raises its own untyped errors for bad files
+        raise ArtefactError(f"{model_path}: onnxruntime cannot load it ({err})") from err
+
+
+def _check_graph(session: ort.InferenceSession, manifest: Manifest, model_path: Path) -> None:
+    graph_inputs = [i.name for i in session.get_inputs()]
+    if sorted(graph_inputs) != sorted(manifest.inputs):
+        raise ArtefactError(
+            f"{model_path}: graph inputs {graph_inputs} do not match the manifest's "
+            f"{list(manifest.inputs)}"
+        )
+    unknown = [name for name in graph_inputs if name not in KNOWN_INPUTS]
+    if unknown:
+        raise ArtefactError(f"{model_path}: graph input(s) {unknown} are not ones embedrt feeds")
+    outputs = [o.name for o in session.get_outputs()]
+    if manifest.output not in outputs:
+        raise ArtefactError(
+            f"{model_path}: graph has no output {manifest.output!r} (it has {outputs})"
+        )
+
+
+def _load_tokenizers(path: Path, max_seq_length: int) -> tuple[Tokenizer, Tokenizer]:
+    """Two tokenizers from one file: one truncating at the manifest's limit, one not.
+
+    tokenizer.json's own padding and truncation settings are dropped: a model's file may
+    pad every input to a fixed 128 and cut there, which is both slow and wrong.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+        truncating, untruncated = Tokenizer.from_str(text), Tokenizer.from_str(text)
+    except Exception as err:  # tokenizers raises a bare Exception for bad files
+        raise ArtefactError(f"{path}: not a valid tokenizer.json ({err})") from err
+    for tokenizer in (truncating, untruncated):
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+    truncating.enable_truncation(max_length=max_seq_length)
+    return truncating, untruncated
