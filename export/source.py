@@ -11,11 +11,15 @@ from typing import Any
 
 from embedrt.runtime.errors import MissingExtraError, SourceModelError
 
-# The sentence-transformers stages export can reproduce in the artefact.
-TRANSFORMER_STAGE = "sentence_transformers.models.Transformer"
-POOLING_STAGE = "sentence_transformers.models.Pooling"
-NORMALIZE_STAGE = "sentence_transformers.models.Normalize"
-# Pooling config flags, and the manifest's name for each one embedrt supports.
+# The sentence-transformers stages export can reproduce, by class name. The module path
+# differs between releases (sentence_transformers.models.Pooling in 2.x-5.x,
+# sentence_transformers.base.modules.pooling.Pooling later), the class name does not.
+TRANSFORMER_STAGE = "Transformer"
+POOLING_STAGE = "Pooling"
+NORMALIZE_STAGE = "Normalize"
+SUPPORTED_STAGES = (TRANSFORMER_STAGE, POOLING_STAGE, NORMALIZE_STAGE)
+SUPPORTED_POOLING = ("mean", "cls", "max")
+# Older pooling configs set one boolean flag per mode; the manifest's name for each.
 POOLING_FLAGS = {
     "pooling_mode_mean_tokens": "mean",
     "pooling_mode_cls_token": "cls",
@@ -92,10 +96,11 @@ def read_source(folder: Path, name: str) -> SourceModel:
     stages = _read_json(modules_file)
     by_type: dict[str, dict[str, Any]] = {}
     for stage in stages:
-        kind = stage.get("type", "?")
-        if kind not in (TRANSFORMER_STAGE, POOLING_STAGE, NORMALIZE_STAGE):
+        full_type = str(stage.get("type", "?"))
+        kind = full_type.rsplit(".", 1)[-1]
+        if not full_type.startswith("sentence_transformers.") or kind not in SUPPORTED_STAGES:
             raise SourceModelError(
-                f"{folder}: stage {stage.get('idx', '?')} ({kind}, path {stage.get('path')!r}) "
+                f"{folder}: stage {stage.get('idx', '?')} ({full_type}, path {stage.get('path')!r}) "
                 "cannot be reproduced by embedrt's runtime; supported stages are "
                 "Transformer, Pooling and Normalize"
             )
@@ -103,6 +108,7 @@ def read_source(folder: Path, name: str) -> SourceModel:
     for required in (TRANSFORMER_STAGE, POOLING_STAGE):
         if required not in by_type:
             raise SourceModelError(f"{folder}: modules.json has no {required} stage")
+    _check_prompts(folder)
     transformer_path = folder / by_type[TRANSFORMER_STAGE].get("path", "")
     pooling, dim = _read_pooling(folder / by_type[POOLING_STAGE]["path"] / "config.json")
     return SourceModel(
@@ -126,32 +132,57 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_pooling(config_file: Path) -> tuple[str, int]:
+    """Pooling mode and dimension, from either config layout sentence-transformers writes."""
     config = _read_json(config_file)
-    for flag in UNSUPPORTED_POOLING_FLAGS:
-        if config.get(flag):
-            raise SourceModelError(
-                f"{config_file}: pooling stage uses {flag}, which embedrt cannot reproduce "
-                f"(supported: {', '.join(POOLING_FLAGS)})"
-            )
-    modes = [mode for flag, mode in POOLING_FLAGS.items() if config.get(flag)]
-    if len(modes) != 1:
+    if "pooling_mode" in config:  # sentence-transformers >= 5.4: {"pooling_mode": "mean", ...}
+        modes = [str(config["pooling_mode"])]
+        dim = config.get("embedding_dimension", config.get("word_embedding_dimension"))
+    else:  # earlier releases: one boolean flag per mode
+        modes = [name for flag, name in POOLING_FLAGS.items() if config.get(flag)]
+        modes += [flag for flag in UNSUPPORTED_POOLING_FLAGS if config.get(flag)]
+        dim = config.get("word_embedding_dimension")
+    if len(modes) != 1 or modes[0] not in SUPPORTED_POOLING:
         raise SourceModelError(
-            f"{config_file}: pooling stage must use exactly one of {', '.join(POOLING_FLAGS)}; "
-            f"it sets {modes or 'none'}"
+            f"{config_file}: pooling {' + '.join(modes) or 'none'} cannot be reproduced by "
+            f"embedrt's runtime (supported: exactly one of {', '.join(SUPPORTED_POOLING)})"
         )
-    return modes[0], int(config["word_embedding_dimension"])
+    if not isinstance(dim, int):
+        raise SourceModelError(f"{config_file}: no embedding dimension found")
+    return modes[0], dim
 
 
 def _max_seq_length(folder: Path, transformer_path: Path) -> int:
-    """sentence-transformers' limit: sentence_bert_config.json, else the model's positions."""
+    """The limit sentence-transformers applies, from the first place that states it.
+
+    sentence_bert_config.json (older saves), then tokenizer_config.json's
+    model_max_length (newer saves), then the model's position count.
+    """
     for candidate in (transformer_path, folder):
         config_file = candidate / "sentence_bert_config.json"
         if config_file.is_file():
             value = _read_json(config_file).get("max_seq_length")
             if value:
                 return int(value)
-    config = _read_json(transformer_path / "config.json")
-    return int(config.get("max_position_embeddings", 512))
+    tokenizer_config = transformer_path / "tokenizer_config.json"
+    positions = int(_read_json(transformer_path / "config.json").get("max_position_embeddings", 512))
+    if tokenizer_config.is_file():
+        value = _read_json(tokenizer_config).get("model_max_length")
+        if isinstance(value, int) and 0 < value <= positions:
+            return value
+    return positions
+
+
+def _check_prompts(folder: Path) -> None:
+    config_file = folder / "config_sentence_transformers.json"
+    if not config_file.is_file():
+        return
+    config = _read_json(config_file)
+    prompt_name = config.get("default_prompt_name")
+    if prompt_name:
+        raise SourceModelError(
+            f"{config_file}: the model prepends the default prompt {prompt_name!r} to every "
+            "input; embedrt's runtime does not reproduce prompts yet"
+        )
 
 
 def _weights_file(transformer_path: Path) -> Path:

@@ -6,8 +6,8 @@
 >>> cosine_similarity(a, b)
 """
 
-from embedrt.runtime.embedder import Embedder, Embeddings
-from embedrt.runtime.errors import (
+from .embedder import Embedder, Embeddings
+from .errors import (
     ArtefactError,
     ArtefactNotFoundError,
     EmbedrtError,
@@ -16,8 +16,8 @@ from embedrt.runtime.errors import (
     ParityError,
     SourceModelError,
 )
-from embedrt.runtime.manifest import Manifest
-from embedrt.runtime.pooling import cosine_similarity
+from .manifest import Manifest
+from .pooling import cosine_similarity
 
 __all__ = [
     "ArtefactError",

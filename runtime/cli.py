@@ -18,9 +18,9 @@ from typing import Annotated, Any, TypeVar
 import numpy as np
 import typer
 
-from embedrt.runtime.embedder import DEFAULT_BATCH_SIZE, Embedder
-from embedrt.runtime.errors import EmbedrtError
-from embedrt.runtime.manifest import Manifest
+from .embedder import DEFAULT_BATCH_SIZE, Embedder
+from .errors import EmbedrtError
+from .manifest import Manifest
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 MODEL_ENV = "EMBEDRT_MODEL"
@@ -165,7 +165,7 @@ def similarity(
 
     Example: embedrt similarity "I deposited money in the bank." "I sat by the river bank." --reference
     """
-    from embedrt.runtime.pooling import cosine_similarity
+    from .pooling import cosine_similarity
 
     embedder = Embedder.load(model or default_model_dir(), threads=threads)
     left, right = embedder.embed([a, b])

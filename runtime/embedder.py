@@ -13,10 +13,10 @@ import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
-from embedrt.runtime.cpus import usable_cpus
-from embedrt.runtime.errors import ArtefactError, ArtefactNotFoundError, InputTooLongError
-from embedrt.runtime.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, sha256_file
-from embedrt.runtime.pooling import FloatArray, l2_normalize, pool
+from .cpus import usable_cpus
+from .errors import ArtefactError, ArtefactNotFoundError, InputTooLongError
+from .manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, sha256_file
+from .pooling import FloatArray, l2_normalize, pool
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +156,9 @@ class Embedder:
         if truncate:
             if len(texts) == 1:  # the short path: no thread-pool hand-off for one text
                 return [self._tokenizer.encode(texts[0])]
-            return self._tokenizer.encode_batch(list(texts))
-        encodings = self._untruncated.encode_batch(list(texts))
+            encoded: list[Encoding] = self._tokenizer.encode_batch(list(texts))
+            return encoded
+        encodings: list[Encoding] = self._untruncated.encode_batch(list(texts))
         for position, encoding in enumerate(encodings):
             if len(encoding.ids) > self.max_seq_length:
                 raise InputTooLongError(

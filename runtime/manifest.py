@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedrt.runtime.errors import ArtefactError, ArtefactNotFoundError
+from .errors import ArtefactError, ArtefactNotFoundError
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"

@@ -1,0 +1,53 @@
+# Two entry points (see README): `make demo` runs the main job, `make test` the whole suite.
+# Each sets up what it needs first; nothing has to be installed by hand.
+
+PYTHON ?= python3
+VENV ?= .venv
+BASE_VENV ?= .venv-base
+ARTEFACTS ?= build/test-artefacts
+PIP_FLAGS ?= --quiet --disable-pip-version-check
+
+BANK_A = I deposited money in the bank.
+BANK_B = I sat by the river bank.
+
+.PHONY: demo test test-full test-base lint setup setup-base clean
+
+## demo: export all-MiniLM-L6-v2 to ONNX, then compare the seed sentences with torch.
+demo: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/embedrt export --out models/all-MiniLM-L6-v2/fp32
+	HF_HUB_OFFLINE=1 $(VENV)/bin/embedrt similarity "$(BANK_A)" "$(BANK_B)" \
+		--model models/all-MiniLM-L6-v2/fp32 --reference
+
+## test: lint, then every test with the [export] extra, then the runtime's tests again in
+## an environment with only the base dependencies (no torch, transformers, optimum, onnx).
+test: lint test-full test-base
+
+setup: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[export,bench,dev]'
+	touch $@
+
+setup-base: $(BASE_VENV)/.installed
+$(BASE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BASE_VENV)
+	$(BASE_VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
+	$(BASE_VENV)/bin/pip install $(PIP_FLAGS) -e '.[dev]'
+	touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test-full: setup
+	rm -rf $(ARTEFACTS)
+	HF_HUB_OFFLINE=1 EMBEDRT_TEST_ARTEFACTS=$(ARTEFACTS) $(VENV)/bin/pytest
+
+test-base: setup-base
+	@! $(BASE_VENV)/bin/python -c "import torch" 2>/dev/null || (echo "torch leaked into the base env" && exit 1)
+	EMBEDRT_TEST_ARTEFACTS=$(ARTEFACTS) $(BASE_VENV)/bin/pytest tests/test_runtime.py \
+		tests/test_artefact_errors.py tests/test_cli.py tests/test_boundary.py
+
+clean:
+	rm -rf $(VENV) $(BASE_VENV) build

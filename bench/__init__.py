@@ -1,0 +1,1 @@
+"""Benchmarks: speed and quality of embedrt variants against the field."""
