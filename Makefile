@@ -26,7 +26,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[export,bench,dev]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[export,bench,serve,dev]'
 	touch $@
 
 setup-base: $(BASE_VENV)/.installed

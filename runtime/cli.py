@@ -279,11 +279,19 @@ class _progress:
             self._status.__exit__(*exc)
 
 
+def _register_optional_commands() -> None:
+    """Commands whose code lives beside the core CLI (each imports its extra lazily)."""
+    from .server_cli import register as register_serve
+
+    register_serve(app)
+
+
 def main() -> None:
     """Console-script entry point: library log lines (truncation counts) go to stderr."""
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="embedrt: %(message)s")
+    _register_optional_commands()
     app()
 
 

@@ -53,10 +53,12 @@ class Embedder:
         untruncated_tokenizer: Tokenizer,
         threads: int,
         batch_size: int,
+        pad_to_multiple_of: int = 1,
     ) -> None:
         self.manifest = manifest
         self.threads = threads
         self.batch_size = batch_size
+        self.pad_to_multiple_of = pad_to_multiple_of
         self._session = session
         self._tokenizer = tokenizer
         self._untruncated = untruncated_tokenizer
@@ -70,6 +72,7 @@ class Embedder:
         batch_size: int = DEFAULT_BATCH_SIZE,
         verify: bool = True,
         spin: bool = False,
+        pad_to_multiple_of: int = 1,
     ) -> Embedder:
         """Load an artefact directory.
 
@@ -80,6 +83,9 @@ class Embedder:
             batch_size: default number of texts per inference call.
             verify: check the files' sha256 against the manifest (costs a read of the model).
             spin: let onnxruntime's idle workers busy-wait (lower latency, burns CPU).
+            pad_to_multiple_of: round each batch's padded length up to a multiple of this,
+                bounding the number of distinct input shapes (and so onnxruntime's cached
+                allocations) in a long-running server. Padding is masked: results agree.
 
         Raises:
             ArtefactNotFoundError: the directory or one of its files is missing.
@@ -88,14 +94,16 @@ class Embedder:
         """
         directory = Path(path)
         manifest = Manifest.load(directory)
-        _check_positive(threads=threads, batch_size=batch_size)
+        _check_positive(threads=threads, batch_size=batch_size, pad_to_multiple_of=pad_to_multiple_of)
         model_path = _artefact_file(directory, MODEL_FILE, manifest, verify)
         tokenizer_path = _artefact_file(directory, TOKENIZER_FILE, manifest, verify)
         thread_count = threads or usable_cpus()
         session = _open_session(model_path, thread_count, spin)
         _check_graph(session, manifest, model_path)
         tokenizer, untruncated = _load_tokenizers(tokenizer_path, manifest.max_seq_length)
-        return cls(manifest, session, tokenizer, untruncated, thread_count, batch_size)
+        return cls(
+            manifest, session, tokenizer, untruncated, thread_count, batch_size, pad_to_multiple_of
+        )
 
     @property
     def dim(self) -> int:
@@ -169,7 +177,9 @@ class Embedder:
         return encodings
 
     def _embed_batch(self, encodings: Sequence[Encoding]) -> FloatArray:
-        width = max(len(e.ids) for e in encodings)
+        longest = max(len(e.ids) for e in encodings)
+        multiple = self.pad_to_multiple_of
+        width = min(-(-longest // multiple) * multiple, max(longest, self.max_seq_length))
         ids = np.full((len(encodings), width), self.manifest.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(encodings), width), dtype=np.int64)
         for row, encoding in enumerate(encodings):

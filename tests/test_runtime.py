@@ -77,6 +77,12 @@ def test_normalisation_follows_manifest(tiny_bert: Path, tiny_distilbert: Path) 
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-3)
 
 
+def test_padding_to_a_multiple_changes_nothing(artefact: Path) -> None:
+    plain = Embedder.load(artefact).embed(TEXTS)
+    bucketed = Embedder.load(artefact, pad_to_multiple_of=16).embed(TEXTS)
+    np.testing.assert_allclose(bucketed, plain, atol=2e-6)
+
+
 def test_graph_without_token_type_ids(tiny_distilbert: Path) -> None:
     embedder = Embedder.load(tiny_distilbert)
     assert "token_type_ids" not in embedder.manifest.inputs
