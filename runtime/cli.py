@@ -21,6 +21,7 @@ import typer
 from .embedder import DEFAULT_BATCH_SIZE, Embedder
 from .errors import EmbedrtError
 from .manifest import Manifest
+from .server_cli import register as register_serve
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 MODEL_ENV = "EMBEDRT_MODEL"
@@ -279,21 +280,16 @@ class _progress:
             self._status.__exit__(*exc)
 
 
-def _register_optional_commands() -> None:
-    """Commands whose code lives beside the core CLI (each imports its extra lazily)."""
-    from .server_cli import register as register_serve
-
-    register_serve(app)
-
-
 def main() -> None:
     """Console-script entry point: library log lines (truncation counts) go to stderr."""
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="embedrt: %(message)s")
-    _register_optional_commands()
     app()
 
+
+# Commands whose code lives beside the core CLI; each imports its extra only when run.
+register_serve(app)
 
 if __name__ == "__main__":
     main()
