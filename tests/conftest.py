@@ -34,7 +34,7 @@ def _tiny_models_module() -> ModuleType:
 @pytest.fixture(scope="session")
 def artefact_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     configured = os.environ.get("EMBEDRT_TEST_ARTEFACTS")
-    root = Path(configured) if configured else tmp_path_factory.mktemp("artefacts")
+    root = Path(configured).resolve() if configured else tmp_path_factory.mktemp("artefacts")
     root.mkdir(parents=True, exist_ok=True)
     return root
 
