@@ -6,8 +6,10 @@ import contextlib
 import datetime as dt
 import importlib.metadata
 import logging
+import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,7 +115,8 @@ def check_parity(
     """Embed the validation sentences with torch and with the artefact, and compare."""
     sentences = validation_sentences()
     reference = reference_embeddings(model.path, sentences)
-    candidate = Embedder.load(artefact, threads=threads).embed(sentences)
+    with _quiet("embedrt.runtime"):  # the set truncates on purpose: no need to say so
+        candidate = Embedder.load(artefact, threads=threads).embed(sentences)
     return compare(reference, candidate, variant.min_cosine, variant.max_abs_diff)
 
 
@@ -124,7 +127,9 @@ def _export_onnx(model: SourceModel, staging: Path, opset: int | None) -> tuple[
         from optimum.exporters.onnx import main_export
     except ImportError as err:
         raise MissingExtraError("export", "embedrt export", err.name or "optimum") from err
-    with tempfile.TemporaryDirectory(prefix="embedrt-optimum-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="embedrt-optimum-") as scratch, _quiet(
+        "optimum", "transformers", "torch"
+    ):
         main_export(
             str(model.transformer_path),
             output=scratch,
@@ -211,9 +216,28 @@ def _check_writable(target: Path) -> None:
 
 
 @contextlib.contextmanager
+def _quiet(*logger_names: str) -> Iterator[None]:
+    """Hide other libraries' warnings (tracer notes, deprecations) during a step we check."""
+    loggers = [logging.getLogger(name) for name in logger_names]
+    levels = [log.level for log in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for log in loggers:
+            log.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for log, level in zip(loggers, levels, strict=True):
+                log.setLevel(level)
+
+
+@contextlib.contextmanager
 def _staging_dir(target: Path) -> Iterator[Path]:
     """A scratch directory beside ``target``, removed unless moved into place."""
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; an artefact is an ordinary dir
     try:
         yield staging
     finally:
