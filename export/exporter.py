@@ -13,7 +13,9 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from embedrt.export.optimise import optimise
 from embedrt.export.parity import ParityReport, compare, reference_embeddings, validation_sentences
 from embedrt.export.source import SourceModel, read_source, resolve_source
 from embedrt.export.variants import Variant, get_variant
@@ -94,11 +96,12 @@ def export_model(
     with _staging_dir(target) as staging:
         step(f"exporting {model.name} to ONNX")
         inputs = _export_onnx(model, staging, options.opset)
-        manifest = _write_manifest(model, variant, staging, inputs)
+        recipe = _build_variant(variant, staging, step)
+        manifest = _write_manifest(model, variant, staging, inputs, recipe)
         if options.check:
             step("checking parity against sentence-transformers on torch")
             report = check_parity(model, staging, variant, options.threads)
-            manifest = _write_manifest(model, variant, staging, inputs, report)
+            manifest = _write_manifest(model, variant, staging, inputs, recipe, report)
             if not report.passed:
                 raise ParityError(
                     f"{variant.name} export of {model.name} disagrees with torch: "
@@ -118,6 +121,15 @@ def check_parity(
     with _quiet("embedrt.runtime"):  # the set truncates on purpose: no need to say so
         candidate = Embedder.load(artefact, threads=threads).embed(sentences)
     return compare(reference, candidate, variant.min_cosine, variant.max_abs_diff)
+
+
+def _build_variant(variant: Variant, staging: Path, step: ProgressCallback) -> dict[str, Any]:
+    """Turn the exported fp32 graph in ``staging`` into ``variant``; return its recipe."""
+    model_path = staging / MODEL_FILE
+    if variant.build == "optimised":
+        step("applying onnxruntime transformer fusions")
+        return optimise(model_path, model_path)
+    return {"method": "optimum ONNX export, task feature-extraction", "dtype": "float32"}
 
 
 def _export_onnx(model: SourceModel, staging: Path, opset: int | None) -> tuple[str, ...]:
@@ -159,6 +171,7 @@ def _write_manifest(
     variant: Variant,
     staging: Path,
     inputs: tuple[str, ...],
+    recipe: dict[str, Any],
     report: ParityReport | None = None,
 ) -> Manifest:
     manifest = Manifest(
@@ -176,7 +189,7 @@ def _write_manifest(
         output=OUTPUT_NAME,
         pad_token_id=_pad_token_id(staging / TOKENIZER_FILE),
         variant=variant.name,
-        recipe={"method": "optimum ONNX export, task feature-extraction", "dtype": "float32"},
+        recipe=recipe,
         files={name: sha256_file(staging / name) for name in (MODEL_FILE, TOKENIZER_FILE)},
         versions=_versions(),
         parity=report.to_dict() if report else {},

@@ -17,21 +17,28 @@ class Variant:
 
     Attributes:
         name: the name used on the command line and in the manifest.
-        description: one line for ``--help`` and ``embedrt info``.
+        description: one line for ``--help`` and the README.
         min_cosine: lowest per-sentence cosine to the torch reference accepted.
         max_abs_diff: largest absolute difference of any embedding element accepted.
+        build: how the graph is made from the exported fp32 graph: ``as-exported``,
+            ``optimised`` (onnxruntime fusions) or ``quantised`` (see export.quantize).
     """
 
     name: str
     description: str
     min_cosine: float
     max_abs_diff: float
+    build: str = "as-exported"
 
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         Variant("fp32", "the exported graph as is, float32", 0.99999, 1e-5),
+        Variant(
+            "fp32-optimised", "float32 with onnxruntime's transformer fusions", 0.99999, 1e-5,
+            build="optimised",
+        ),
     )
 }
 

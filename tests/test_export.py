@@ -112,3 +112,16 @@ def test_reexport_replaces_an_artefact(tiny_sources: dict[str, Path], tmp_path: 
     second = export_model(tiny_sources["distilbert"], target)
     assert second.parity["passed"] is True
     assert Embedder.load(target).manifest == second
+
+
+def test_fp32_optimised_variant_fuses_and_keeps_parity(
+    tiny_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    manifest = export_model(
+        tiny_sources["bert"], tmp_path / "opt", ExportOptions(variant="fp32-optimised")
+    )
+    assert manifest.variant == "fp32-optimised"
+    assert manifest.recipe["fused_ops"].get("Attention") == 2  # one per layer
+    assert manifest.parity["passed"] is True
+    plain = Embedder.load(tmp_path / "opt").embed(["the cat sat", "a dog"])
+    assert plain.shape == (2, 32)
