@@ -6,9 +6,13 @@ sizing thread pools from that oversubscribes the quota and runs several times sl
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 def usable_cpus() -> int:
@@ -38,3 +42,36 @@ def _cgroup_quota() -> float | None:
     except (OSError, ValueError):
         return None
     return quota / period if quota > 0 and period > 0 else None
+
+
+def cpu_flags() -> frozenset[str]:
+    """Instruction-set flags of this CPU (x86 ``flags`` or ARM ``Features`` in /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+_warned: set[tuple[str, ...]] = set()
+
+
+def warn_missing_cpu_flags(required: Iterable[str], artefact: str) -> tuple[str, ...]:
+    """Log one warning per process for each set of flags an artefact needs and this CPU lacks.
+
+    Returns the missing flags (empty when the CPU has them all or cannot be read).
+    """
+    available = cpu_flags()
+    missing = tuple(sorted(flag for flag in required if flag not in available)) if available else ()
+    if missing and missing not in _warned:
+        _warned.add(missing)
+        logger.warning(
+            "%s was built for CPU features this CPU lacks (%s); it will run, but may be slow "
+            "or, for int8 without VNNI, less accurate. Export it on this machine for a matching recipe.",
+            artefact, ", ".join(missing),
+        )
+    return missing

@@ -13,7 +13,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
-from .cpus import usable_cpus
+from .cpus import usable_cpus, warn_missing_cpu_flags
 from .errors import ArtefactError, ArtefactNotFoundError, InputTooLongError
 from .manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, sha256_file
 from .pooling import FloatArray, l2_normalize, pool
@@ -101,6 +101,7 @@ class Embedder:
         session = _open_session(model_path, thread_count, spin)
         _check_graph(session, manifest, model_path)
         tokenizer, untruncated = _load_tokenizers(tokenizer_path, manifest.max_seq_length)
+        warn_missing_cpu_flags(manifest.recipe.get("requires_cpu_flags", ()), str(directory))
         return cls(
             manifest, session, tokenizer, untruncated, thread_count, batch_size, pad_to_multiple_of
         )
