@@ -1,0 +1,361 @@
+"""The embedding server: a Starlette app over one :class:`Batcher` (the [serve] extra).
+
+Routes: ``POST /v1/embeddings`` (OpenAI-compatible), ``POST /embed`` (text-embeddings-
+inference-style), ``POST /similarity``, ``GET /health``, ``GET /info``, ``GET /metrics``
+and ``GET /openapi.json``. The model loads in a background thread after the socket opens,
+so ``/health`` answers 503 until it is ready. Inference runs in the batcher's thread;
+the event loop only parses, validates and serialises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from .batching import Batcher, BatcherClosedError, BatchingOptions, QueueFullError
+from .embedder import Embedder, Embeddings
+from .errors import EmbedrtError, InputTooLongError
+from .manifest import Manifest
+from .pooling import cosine_similarity, l2_normalize
+from .server_metrics import ServerMetrics
+from .server_schema import (
+    Limits,
+    RequestError,
+    check_text,
+    openapi_document,
+    optional,
+    parse_json,
+    texts_field,
+)
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[["ServerState", Request], Awaitable[Response]]
+RETRY_AFTER_SECONDS = 1
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``embedrt serve`` is configured with.
+
+    Raises:
+        ValueError: the queue cannot hold one maximal request, or a number is not positive.
+    """
+
+    model_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    threads: int | None = None
+    pad_to_multiple_of: int = 16
+    limits: Limits = field(default_factory=Limits)
+    batching: BatchingOptions = field(default_factory=BatchingOptions)
+    graceful_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        # /similarity embeds its sentences plus the source sentence in one submission
+        if self.batching.max_queue < self.limits.max_inputs + 1:
+            raise ValueError(
+                f"max_queue ({self.batching.max_queue}) must be at least max_inputs + 1 "
+                f"({self.limits.max_inputs + 1}), or a maximal request could never be accepted"
+            )
+        if self.pad_to_multiple_of <= 0 or self.graceful_timeout <= 0:
+            raise ValueError("pad_to_multiple_of and graceful_timeout must be positive")
+
+
+class ServerState:
+    """The app's model, batcher, metrics and readiness; the model loads in :meth:`load`."""
+
+    def __init__(self, config: ServerConfig, manifest: Manifest) -> None:
+        self.config = config
+        self.manifest = manifest
+        self.metrics = ServerMetrics()
+        self.openapi = openapi_document(manifest.model_name, manifest.dim, config.limits)
+        self.load_error: str | None = None
+        self.on_load_failure: Callable[[], None] = lambda: None
+        self._batcher: Batcher | None = None
+        self._ready = threading.Event()
+
+    def load(self) -> None:
+        """Load the model and start the batcher; on failure record why and call back."""
+        started = time.perf_counter()
+        try:
+            embedder = Embedder.load(
+                self.config.model_dir, threads=self.config.threads,
+                pad_to_multiple_of=self.config.pad_to_multiple_of,
+            )
+        except Exception as err:  # ArtefactError, or onnxruntime refusing the graph
+            self.load_error = f"{type(err).__name__}: {err}"
+            logger.error("cannot load the model: %s", self.load_error)
+            self.on_load_failure()
+            return
+        batcher = Batcher(embedder, self.config.batching, self.metrics)
+        batcher.start()
+        self._batcher = batcher
+        self._ready.set()
+        logger.info("model %s (%s) loaded in %.2f s with %d onnxruntime threads; ready",
+                    self.manifest.model_name, self.manifest.variant,
+                    time.perf_counter() - started, embedder.threads)
+
+    def batcher(self) -> Batcher:
+        """The running batcher.
+
+        Raises:
+            RequestError: 503 while the model is loading or after it failed to load.
+        """
+        if self._batcher is None:
+            raise RequestError(503, "the model is not loaded yet; retry shortly (GET /health says when)")
+        return self._batcher
+
+    def close(self) -> None:
+        """Stop the batcher after the work it holds (called once requests have drained)."""
+        if self._batcher is not None:
+            self._batcher.close(self.config.graceful_timeout)
+
+
+def create_app(config: ServerConfig) -> tuple[Starlette, ServerState]:
+    """Build the app; the model itself loads when the app starts serving.
+
+    Raises:
+        ArtefactNotFoundError, ArtefactError: the artefact's manifest is missing or invalid.
+    """
+    state = ServerState(config, Manifest.load(config.model_dir))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loader = threading.Thread(target=state.load, name="embedrt-load", daemon=True)
+        loader.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(loader.join)
+            await asyncio.to_thread(state.close)
+
+    routes = [
+        Route("/v1/embeddings", _endpoint(state, "/v1/embeddings", _openai_embeddings), methods=["POST"]),
+        Route("/embed", _endpoint(state, "/embed", _tei_embed), methods=["POST"]),
+        Route("/similarity", _endpoint(state, "/similarity", _similarity), methods=["POST"]),
+        Route("/health", _endpoint(state, "/health", _health), methods=["GET"]),
+        Route("/info", _endpoint(state, "/info", _info), methods=["GET"]),
+        Route("/metrics", _endpoint(state, "/metrics", _metrics), methods=["GET"]),
+        Route("/openapi.json", _endpoint(state, "/openapi.json", _openapi), methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    return app, state
+
+
+def _endpoint(state: ServerState, name: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a handler: map errors to JSON 4xx/5xx, count and time every request."""
+
+    async def endpoint(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            response = await handler(state, request)
+        except RequestError as err:
+            response = _error(err)
+        except InputTooLongError as err:
+            response = _error(RequestError(422, str(err), limit=state.manifest.max_seq_length))
+        except QueueFullError as err:
+            response = _error(RequestError(503, str(err), limit=err.limit))
+        except BatcherClosedError as err:
+            response = _error(RequestError(503, str(err)))
+        except Exception:  # a bug: answer 500, log the traceback, keep serving
+            logger.exception("unhandled error on %s", name)
+            response = _error(RequestError(500, "internal error; the server log has the details"))
+        state.metrics.requests.inc(labels=(name, str(response.status_code)))
+        state.metrics.latency.observe(time.perf_counter() - started, (name,))
+        return response
+
+    return endpoint
+
+
+def _error(err: RequestError) -> JSONResponse:
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if err.status == 503 else None
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+    return _error(RequestError(status, f"{request.method} {request.url.path}: {detail}"))
+
+
+async def _read_json(state: ServerState, request: Request) -> dict[str, Any]:
+    """The body as a JSON object, read in chunks so an oversized body is refused early.
+
+    Raises:
+        RequestError: 413 over max_body_bytes; 400/422 as :func:`parse_json`.
+    """
+    limit = state.config.limits.max_body_bytes
+    too_big = RequestError(
+        413, f"the request body is larger than {limit} bytes (--max-body-bytes, "
+        "EMBEDRT_MAX_BODY_BYTES)", limit=limit,
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return parse_json(b"".join(chunks))
+
+
+async def _openai_embeddings(state: ServerState, request: Request) -> Response:
+    payload = await _read_json(state, request)
+    texts, _ = texts_field(payload, "input", state.config.limits)
+    optional(payload, "model", str, None)
+    optional(payload, "user", str, None)
+    encoding = optional(payload, "encoding_format", str, "float")
+    if encoding not in ("float", "base64"):
+        raise RequestError(422, f"'encoding_format' must be 'float' or 'base64', got {encoding!r}",
+                           "encoding_format")
+    dimensions = optional(payload, "dimensions", int, None)
+    if dimensions is not None and dimensions != state.manifest.dim:
+        raise RequestError(
+            422, f"'dimensions' is {dimensions}, but this model produces {state.manifest.dim}-dimensional "
+            f"vectors and cannot shorten them; omit it or pass {state.manifest.dim}",
+            "dimensions", state.manifest.dim,
+        )
+    result = await state.batcher().embed(texts, True)
+    data = [{"object": "embedding", "index": i, "embedding": _encode_vector(row, encoding)}
+            for i, row in enumerate(result.vectors)]
+    tokens = int(result.token_counts.sum())
+    body = {"object": "list", "data": data, "model": state.manifest.model_name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return JSONResponse(body, headers=_report_headers(result))
+
+
+def _encode_vector(row: np.ndarray, encoding: str) -> Any:
+    if encoding == "base64":
+        return base64.b64encode(row.astype("<f4").tobytes()).decode("ascii")
+    return row.tolist()
+
+
+async def _tei_embed(state: ServerState, request: Request) -> Response:
+    payload = await _read_json(state, request)
+    texts, _ = texts_field(payload, "inputs", state.config.limits)
+    normalize = optional(payload, "normalize", bool, True)
+    truncate = optional(payload, "truncate", bool, True)
+    result = await state.batcher().embed(texts, truncate)
+    vectors = result.vectors
+    if normalize and not state.manifest.normalize:
+        vectors = l2_normalize(vectors)
+    return JSONResponse(vectors.tolist(), headers=_report_headers(result))
+
+
+async def _similarity(state: ServerState, request: Request) -> Response:
+    payload = await _read_json(state, request)
+    inputs = optional(payload, "inputs", dict, None)
+    if inputs is None:
+        raise RequestError(422, "'inputs' is required: {\"source_sentence\": str, \"sentences\": [str]}",
+                           "inputs")
+    limits = state.config.limits
+    if inputs.get("source_sentence") is None:
+        raise RequestError(422, "'inputs.source_sentence' is required: a string", "inputs.source_sentence")
+    source = check_text(inputs["source_sentence"], "inputs.source_sentence", limits)
+    if not isinstance(inputs.get("sentences"), list):
+        raise RequestError(422, f"'inputs.sentences' must be a list of strings, got "
+                           f"{type(inputs.get('sentences')).__name__}", "inputs.sentences")
+    sentences, _ = texts_field(inputs, "sentences", limits, label="inputs.sentences")
+    truncate = optional(payload, "truncate", bool, True)
+    result = await state.batcher().embed([source, *sentences], truncate)
+    try:
+        scores = cosine_similarity(result.vectors[0], result.vectors[1:])
+    except ValueError as err:  # an all-zero vector: its cosine is undefined
+        raise RequestError(422, f"cannot compute a cosine: {err}", "inputs") from err
+    return JSONResponse([float(s) for s in scores], headers=_report_headers(result))
+
+
+def _report_headers(result: Embeddings) -> dict[str, str]:
+    """Tokens and truncation, reported on every embedding response."""
+    headers = {"x-embedrt-tokens": str(int(result.token_counts.sum())),
+               "x-embedrt-truncated": str(len(result.truncated))}
+    if result.truncated:
+        headers["x-embedrt-truncated-indices"] = ",".join(map(str, result.truncated))
+    return headers
+
+
+async def _health(state: ServerState, request: Request) -> Response:
+    if state.load_error is not None:
+        return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
+    try:
+        state.batcher()
+    except RequestError:
+        return JSONResponse({"status": "loading"}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return JSONResponse({"status": "ok"})
+
+
+async def _info(state: ServerState, request: Request) -> Response:
+    config = state.config
+    return JSONResponse({
+        "manifest": state.manifest.to_dict(),
+        "limits": {**dataclasses.asdict(config.limits), "max_seq_length": state.manifest.max_seq_length},
+        "batching": dataclasses.asdict(config.batching),
+        "pad_to_multiple_of": config.pad_to_multiple_of,
+        "ready": state.load_error is None and _is_ready(state),
+    })
+
+
+def _is_ready(state: ServerState) -> bool:
+    try:
+        state.batcher()
+    except RequestError:
+        return False
+    return True
+
+
+async def _metrics(state: ServerState, request: Request) -> Response:
+    return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def _openapi(state: ServerState, request: Request) -> Response:
+    return JSONResponse(state.openapi)
+
+
+def serve(config: ServerConfig, log_level: str = "info") -> None:
+    """Run the server until SIGINT/SIGTERM; in-flight requests finish before it exits.
+
+    Raises:
+        ArtefactError: the artefact is invalid (before the socket opens) or the model fails
+            to load (the server then stops).
+        ImportError: uvicorn or starlette is missing (the [serve] extra).
+    """
+    import uvicorn
+
+    app, state = create_app(config)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=config.host, port=config.port, log_level=log_level, access_log=False,
+        timeout_graceful_shutdown=int(config.graceful_timeout), server_header=False,
+    ))
+
+    def stop() -> None:
+        server.should_exit = True
+
+    state.on_load_failure = stop
+    logger.info("serving %s on http://%s:%d", config.model_dir, config.host, config.port)
+    server.run()
+    if state.load_error is not None:
+        raise ModelLoadError(f"{config.model_dir}: {state.load_error}")
+
+
+class ModelLoadError(EmbedrtError, RuntimeError):
+    """The server's model failed to load after the socket opened."""
