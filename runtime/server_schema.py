@@ -46,9 +46,9 @@ class RequestError(EmbedrtError, ValueError):
 
     def body(self) -> dict[str, Any]:
         """The JSON error body (OpenAI's shape, plus the limit when one was exceeded)."""
-        error: dict[str, Any] = {
-            "message": str(self), "type": "invalid_request_error", "param": self.param, "code": self.status
-        }
+        kind = "invalid_request_error" if self.status < 500 else (
+            "server_unavailable" if self.status == 503 else "server_error")
+        error: dict[str, Any] = {"message": str(self), "type": kind, "param": self.param, "code": self.status}
         if self.limit is not None:
             error["limit"] = self.limit
         return {"error": error}
