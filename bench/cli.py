@@ -1,0 +1,125 @@
+"""The ``embedrt bench`` command; measurement code is imported only when it runs."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+DEFAULT_MODELS = Path("models") / "all-MiniLM-L6-v2"
+DEFAULT_OUT = Path("bench-results")
+logger = logging.getLogger(__name__)
+
+
+class _Bar:
+    """A rich progress bar on stderr, for :class:`embedrt.bench.run.Progress`."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]bench[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=Console(stderr=True),
+        )
+        self._task: Any = None
+
+    def __enter__(self) -> _Bar:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(*exc)
+
+    def start(self, total: int) -> None:
+        """Show a bar of ``total`` steps."""
+        self._task = self._progress.add_task("loading", total=total)
+
+    def describe(self, label: str) -> None:
+        """Say what runs now."""
+        if self._task is not None:
+            self._progress.update(self._task, description=label)
+
+    def advance(self) -> None:
+        """One step is done."""
+        if self._task is not None:
+            self._progress.advance(self._task)
+
+
+def bench(
+    models: Annotated[
+        Path, typer.Option(help="Folder whose subfolders with a manifest.json are the artefacts to compare.")
+    ] = DEFAULT_MODELS,
+    model: Annotated[
+        list[Path] | None,
+        typer.Option("--model", "-m", help="An artefact directory (repeatable); replaces --models."),
+    ] = None,
+    sts: Annotated[
+        Path | None, typer.Option(help="STS-B style TSV (sentence1, sentence2, score); else generated texts.")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where results.json, results.md and the chart go.")
+    ] = DEFAULT_OUT,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="Threads for every system. Default: the CPUs this process may use."),
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="Fewer texts, repeats and batch sizes (< 2 min).")] = False,
+    skip: Annotated[
+        list[str] | None,
+        typer.Option(help="Leave out a system by kind (sentence-transformers, fastembed, embedrt) or name."),
+    ] = None,
+) -> None:
+    """Benchmark embedrt artefacts against sentence-transformers (torch) and fastembed.
+
+    Speed (batch-1 latency, throughput at several batch sizes, cold start, memory, size) and
+    quality (cosine to torch, STS Spearman, batch invariance), by text length, in one run.
+
+    Example: embedrt bench --models models/all-MiniLM-L6-v2 --sts dev.tsv --out bench-results
+    """
+    from embedrt.runtime.cpus import usable_cpus
+
+    from .chart import require_matplotlib, write_chart
+    from .report import add_ratios, write_json, write_markdown
+    from .run import BenchOptions, discover_artefacts, run_bench
+
+    require_matplotlib()  # fail before minutes of measuring, not after
+    started = time.perf_counter()
+    options = BenchOptions(
+        artefacts=tuple(discover_artefacts(models if models.is_dir() else None, model or [])),
+        threads=threads or usable_cpus(), sts=sts, quick=quick, skip=tuple(skip or ()),
+        argv=tuple(sys.argv),
+    )
+    with _Bar() as bar:
+        results = add_ratios(run_bench(options, bar))
+    out.mkdir(parents=True, exist_ok=True)
+    results["context"]["wall_seconds"] = round(time.perf_counter() - started, 1)
+    chart = write_chart(results, out)
+    paths = [write_json(results, out), write_markdown(results, out, chart.name), chart]
+    for status in results["systems"]:
+        if status["status"] != "ok":
+            typer.echo(f"skipped {status['name']}: {status['reason']}", err=True)
+    typer.echo(f"bench finished in {results['context']['wall_seconds']:.0f} s: "
+               + ", ".join(str(p) for p in paths))
+
+
+def _bench_command(**kwargs: Any) -> None:
+    """Run :func:`bench`, turning embedrt's errors into one line on stderr and exit status 1."""
+    from embedrt.runtime.errors import EmbedrtError
+
+    try:
+        bench(**kwargs)
+    except (EmbedrtError, OSError) as err:
+        typer.echo(f"embedrt: error: {err}", err=True)
+        raise typer.Exit(1) from err
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``bench`` command to ``app``."""
+    command = functools.wraps(bench)(_bench_command)
+    app.command("bench")(command)

@@ -1,0 +1,251 @@
+"""The systems a benchmark compares, behind one small protocol.
+
+Each adapter wraps one way of running the model: an embedrt artefact, the original model
+on torch with sentence-transformers, and fastembed pointed at an embedrt fp32 ONNX file.
+Adapters are built from a :class:`SystemSpec`, plain data that a cold-start subprocess can
+receive as JSON, and import their libraries only when built.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+KIND_EMBEDRT = "embedrt"
+KIND_TORCH = "sentence-transformers"
+KIND_FASTEMBED = "fastembed"
+# Source-folder files fastembed needs beside model.onnx and tokenizer.json.
+_FASTEMBED_SOURCE_FILES = ("config.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+class SystemUnavailable(Exception):
+    """A system cannot run here (library not installed, files missing); reported as skipped."""
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """What to build: ``kind`` plus the paths it needs; JSON-serialisable for subprocesses.
+
+    Attributes:
+        name: unique label in the report, e.g. ``embedrt-int8``.
+        kind: ``embedrt``, ``sentence-transformers`` or ``fastembed``.
+        path: the artefact directory (embedrt, fastembed) or the source model folder (torch).
+        threads: intra-op thread budget, the same for every system in a run.
+        source: the source model folder (fastembed reads its tokenizer config from there).
+    """
+
+    name: str
+    kind: str
+    path: str
+    threads: int
+    source: str = ""
+
+    def to_json(self) -> str:
+        """The spec as one JSON string."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> SystemSpec:
+        """Inverse of :meth:`to_json`."""
+        return cls(**json.loads(text))
+
+
+class System(Protocol):
+    """A loaded embedding system. ``embed`` returns ``(n, dim)`` float32 in input order."""
+
+    spec: SystemSpec
+    metadata: dict[str, Any]
+
+    def embed(self, texts: Sequence[str], batch_size: int | None) -> np.ndarray:
+        """Embed ``texts`` in one call; ``batch_size=None`` uses the system's own default."""
+        ...
+
+
+@dataclass
+class SystemStatus:
+    """A system as the report lists it: loaded, or skipped with the reason."""
+
+    spec: SystemSpec
+    status: str  # "ok" or "skipped"
+    reason: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class EmbedrtSystem:
+    """An embedrt artefact through the public :class:`~embedrt.runtime.Embedder`."""
+
+    def __init__(self, spec: SystemSpec) -> None:
+        from embedrt.runtime import Embedder
+
+        self.spec = spec
+        self._embedder = Embedder.load(spec.path, threads=spec.threads)
+        manifest = self._embedder.manifest
+        self.metadata = {
+            "variant": manifest.variant,
+            "recipe": dict(manifest.recipe),
+            "max_seq_length": manifest.max_seq_length,
+            "default_batch_size": self._embedder.batch_size,
+            "model_file": str(Path(spec.path) / "model.onnx"),
+        }
+
+    def embed(self, texts: Sequence[str], batch_size: int | None) -> np.ndarray:
+        """Embed with embedrt (length-sorted batches, dynamic padding)."""
+        return self._embedder.embed(list(texts), batch_size=batch_size)
+
+
+class SentenceTransformersSystem:
+    """The original model on torch with sentence-transformers: the quality reference."""
+
+    def __init__(self, spec: SystemSpec) -> None:
+        try:
+            import torch
+            from sentence_transformers import SentenceTransformer
+        except ImportError as err:
+            raise SystemUnavailable(
+                f"{err.name or 'sentence_transformers'} is not installed "
+                "(pip install 'embedrt[export]')"
+            ) from err
+        if not Path(spec.path).is_dir():
+            raise SystemUnavailable(f"source model folder {spec.path} does not exist")
+        torch.set_num_threads(spec.threads)
+        self.spec = spec
+        self._model = SentenceTransformer(spec.path, device="cpu")
+        self.metadata = {
+            "max_seq_length": int(self._model.max_seq_length),
+            "default_batch_size": 32,
+            "torch_threads": torch.get_num_threads(),
+        }
+
+    def embed(self, texts: Sequence[str], batch_size: int | None) -> np.ndarray:
+        """Embed with ``SentenceTransformer.encode`` (it sorts by length too)."""
+        vectors = self._model.encode(
+            list(texts), batch_size=batch_size or 32, convert_to_numpy=True, show_progress_bar=False
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+class FastembedSystem:
+    """fastembed's ``TextEmbedding`` loading an embedrt fp32 ``model.onnx`` from a local folder.
+
+    fastembed reads ``tokenizer_config.json`` (and optionally ``config.json``,
+    ``special_tokens_map.json``) beside the ONNX file, so a temporary folder links the
+    artefact's ``model.onnx`` and ``tokenizer.json`` with those files from the source model.
+    Its tokenizer settings, pooling and batch size are fastembed's own.
+    """
+
+    def __init__(self, spec: SystemSpec) -> None:
+        try:
+            from fastembed import TextEmbedding
+        except ImportError as err:
+            raise SystemUnavailable("fastembed is not installed (pip install 'embedrt[bench]')") from err
+        if not spec.path:
+            raise SystemUnavailable("no embedrt fp32 artefact to point fastembed at")
+        self.spec = spec
+        self._folder = tempfile.TemporaryDirectory(prefix="embedrt-bench-fastembed-")
+        model_dir = _fastembed_folder(Path(spec.path), Path(spec.source), Path(self._folder.name))
+        model_name, registered = _fastembed_model_name(TextEmbedding, Path(spec.path))
+        self._model = TextEmbedding(
+            model_name=model_name, threads=spec.threads, specific_model_path=str(model_dir),
+            cuda=False,
+        )
+        self.metadata = {
+            "model_name": model_name,
+            "registration": "fastembed catalogue" if registered else "add_custom_model",
+            "default_batch_size": 256,
+            "model_file": str(Path(spec.path) / "model.onnx"),
+        }
+
+    def embed(self, texts: Sequence[str], batch_size: int | None) -> np.ndarray:
+        """Embed with ``TextEmbedding.embed`` (fixed-size chunks in input order)."""
+        kwargs = {} if batch_size is None else {"batch_size": batch_size}
+        rows = list(self._model.embed(list(texts), **kwargs))
+        return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
+
+
+def _fastembed_folder(artefact: Path, source: Path, folder: Path) -> Path:
+    """Link the artefact's ONNX and tokenizer, and the source's tokenizer config, into ``folder``."""
+    for name in ("model.onnx", "tokenizer.json"):
+        if not (artefact / name).is_file():
+            raise SystemUnavailable(f"{artefact / name} is missing")
+        (folder / name).symlink_to((artefact / name).resolve())
+    for name in _FASTEMBED_SOURCE_FILES:
+        if (source / name).is_file():
+            (folder / name).symlink_to((source / name).resolve())
+    if not (folder / "tokenizer_config.json").exists():
+        raise SystemUnavailable(f"fastembed needs tokenizer_config.json, which {source} lacks")
+    return folder
+
+
+def _fastembed_model_name(text_embedding: Any, artefact: Path) -> tuple[str, bool]:
+    """fastembed's own catalogue entry for the model if it has one, else a custom registration."""
+    from embedrt.runtime import Manifest
+
+    manifest = Manifest.load(artefact)
+    known = {m["model"].lower(): m["model"] for m in text_embedding.list_supported_models()}
+    for candidate in (manifest.model_name, f"sentence-transformers/{manifest.model_name}"):
+        if candidate.lower() in known:
+            return known[candidate.lower()], True
+    from fastembed.common.model_description import ModelSource, PoolingType
+
+    name = f"embedrt-bench/{manifest.model_name}-{manifest.files.get('model.onnx', '')[:12]}"
+    if name.lower() not in known:
+        pooling = {"mean": PoolingType.MEAN, "cls": PoolingType.CLS}.get(manifest.pooling)
+        if pooling is None:
+            raise SystemUnavailable(f"fastembed has no {manifest.pooling!r} pooling")
+        text_embedding.add_custom_model(
+            model=name, pooling=pooling, normalization=manifest.normalize,
+            sources=ModelSource(hf=name), dim=manifest.dim, model_file="model.onnx",
+        )
+    return name, False
+
+
+_ADAPTERS: dict[str, type] = {
+    KIND_EMBEDRT: EmbedrtSystem,
+    KIND_TORCH: SentenceTransformersSystem,
+    KIND_FASTEMBED: FastembedSystem,
+}
+
+
+def build_system(spec: SystemSpec) -> System:
+    """Load the system ``spec`` describes.
+
+    Raises:
+        SystemUnavailable: its library is not installed or its files are missing.
+        ValueError: ``spec.kind`` is unknown.
+    """
+    adapter = _ADAPTERS.get(spec.kind)
+    if adapter is None:
+        raise ValueError(f"unknown system kind {spec.kind!r}; expected one of {', '.join(_ADAPTERS)}")
+    system: System = adapter(spec)
+    return system
+
+
+def load_systems(
+    specs: Sequence[SystemSpec], skip: Sequence[str] = ()
+) -> tuple[list[System], list[SystemStatus]]:
+    """Build every spec; those skipped by kind or name, or that cannot run here, are kept as
+    skipped with the reason."""
+    loaded: list[System] = []
+    statuses: list[SystemStatus] = []
+    for spec in specs:
+        if spec.kind in skip or spec.name in skip:
+            statuses.append(SystemStatus(spec, "skipped", "excluded with --skip"))
+            continue
+        try:
+            system = build_system(spec)
+        except SystemUnavailable as err:
+            logger.warning("skipping %s: %s", spec.name, err)
+            statuses.append(SystemStatus(spec, "skipped", str(err)))
+            continue
+        loaded.append(system)
+        statuses.append(SystemStatus(spec, "ok", metadata=dict(system.metadata)))
+    return loaded, statuses
