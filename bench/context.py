@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import shlex
 import sys
@@ -59,4 +60,6 @@ def run_context(threads: int, usable_cpus: int, argv: Sequence[str] | None = Non
         "threads": threads,
         "usable_cpus": usable_cpus,
         "versions": library_versions(),
+        # Other work on a shared machine slows every system; the ratios are what to compare.
+        "load_average_start": list(os.getloadavg()),
     }

@@ -86,12 +86,13 @@ def _context_lines(results: dict[str, Any]) -> list[str]:
     ctx = results["context"]
     flags = ", ".join(f for f, present in ctx["cpu"]["flags"].items() if present) or "none of interest"
     versions = ", ".join(f"{k} {v}" for k, v in ctx["versions"].items() if v)
+    load = ctx.get("load_average_start", [None])[0]
     return [
         "# embedrt benchmark", "",
         f"- command: `{ctx['command']}`",
         f"- date: {ctx['date']}; preset: {'quick' if results['settings']['quick'] else 'full'}",
         f"- CPU: {ctx['cpu']['model']} ({flags}); {ctx['usable_cpus']} usable CPUs; "
-        f"threads per system: {ctx['threads']}",
+        f"threads per system: {ctx['threads']}; 1-min load average at start: {_fmt(load, '.2f')}",
         f"- versions: {versions}",
         f"- baselines: torch = `{results['baselines']['torch']}`, fp32 = `{results['baselines']['fp32']}`; "
         "ratios are this system's figure ÷ the baseline's, from this run.", "",
@@ -121,7 +122,8 @@ def _workload_section(results: dict[str, Any]) -> list[str]:
 def _throughput_section(results: dict[str, Any]) -> list[str]:
     sizes = [str(b) for b in results["settings"]["batch_sizes"]]
     lines = ["## Throughput (texts/s) with fidelity to torch", "",
-             "One call embeds the whole bucket with the given batch size; median of the repeats.", ""]
+             "One call embeds the bucket's first n texts (n = max(64, 8 × batch), at most the bucket) "
+             "with the given batch size; median of the repeats.", ""]
     for bucket in BUCKETS:
         header = ["system", *[f"b={b}" for b in sizes], f"tokens/s b={sizes[-1]}",
                   *[f"×torch b={b}" for b in sizes], f"×fp32 b={sizes[-1]}", "cos min / mean / p1"]
