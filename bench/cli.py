@@ -23,9 +23,10 @@ class _Bar:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        self._console = Console(stderr=True)
         self._progress = Progress(
             TextColumn("[bold]bench[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=Console(stderr=True),
+            TimeElapsedColumn(), console=self._console,
         )
         self._task: Any = None
 
@@ -42,8 +43,12 @@ class _Bar:
 
     def describe(self, label: str) -> None:
         """Say what runs now."""
-        if self._task is not None:
-            self._progress.update(self._task, description=label)
+        if self._task is None:
+            return
+        self._progress.update(self._task, description=label)
+        if not self._console.is_terminal:  # no live bar in a log file: one line per step instead
+            done = int(self._progress.tasks[0].completed)
+            typer.echo(f"bench: {label} ({done}/{self._progress.tasks[0].total:.0f} steps done)", err=True)
 
     def advance(self) -> None:
         """One step is done."""
