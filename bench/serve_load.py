@@ -1,0 +1,291 @@
+"""Load run for `embedrt serve` on loopback, with the offline figures it is judged against.
+
+    python -m embedrt.bench.serve_load --model models/all-MiniLM-L6-v2/fp32 --out bench/results/serve
+
+1. Offline, in this process before the server starts: batch-32 throughput and batch-1
+   latency of the same artefact on the same short sentences.
+2. A server process; 64 keep-alive clients send single short sentences for 30 s (closed
+   loop), then a lower concurrency, then mixed-length lists.
+3. A 10,000-request soak of varied lengths, with the server's RSS at its start and end.
+
+The client is raw asyncio HTTP/1.1 (no JSON parsing of responses) so that, on a small
+machine, the load generator takes as little CPU from the server as it can.
+Writes serve_load.json and serve_load.md to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from embedrt.runtime import Embedder
+
+logger = logging.getLogger(__name__)
+
+SUBJECTS = ["A man", "The woman", "A child", "Two dogs", "The bank", "A small cat", "The committee",
+            "My friend"]
+VERBS = ["is playing", "approved", "walked past", "was reading about", "quickly sold", "slept near"]
+OBJECTS = ["a guitar.", "the loan.", "the river bank.", "an old book on physics.", "the red car.",
+           "a quiet house by the sea."]
+TARGETS = {"throughput_ratio_min": 0.70, "p99_over_batch1_max": 20.0, "rss_growth_max": 0.10}
+
+
+def short_sentences(count: int, seed: int = 0) -> list[str]:
+    """Short STS-like sentences (8-14 tokens)."""
+    rng = random.Random(seed)
+    return [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}" for _ in range(count)]
+
+
+def varied_text(rng: random.Random) -> str:
+    """A text of 1 to 30 sentences (about 11 tokens each): mostly short, some past 256 tokens."""
+    sentences = short_sentences(rng.choice([1, 1, 1, 1, 2, 2, 3, 5, 10, 30]), rng.randrange(10**6))
+    return " ".join(sentences)
+
+
+def offline_figures(model: Path, threads: int | None, texts: list[str]) -> dict[str, float]:
+    """Batch-32 throughput (texts/s, median of 5) and batch-1 latency (p50 ms) in-process."""
+    embedder = Embedder.load(model, threads=threads, pad_to_multiple_of=16)
+    embedder.embed(texts[:64], batch_size=32)
+    rates = []
+    for _ in range(5):
+        started = time.perf_counter()
+        embedder.embed(texts, batch_size=32)
+        rates.append(len(texts) / (time.perf_counter() - started))
+    latencies = []
+    for text in texts[:300]:
+        started = time.perf_counter()
+        embedder.embed([text])
+        latencies.append(time.perf_counter() - started)
+    return {"batch32_texts_per_s": statistics.median(rates),
+            "batch1_p50_ms": 1000 * statistics.median(latencies), "threads": embedder.threads}
+
+
+@dataclass
+class PhaseResult:
+    """What one load phase measured."""
+
+    requests: int = 0
+    texts: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """Throughput and latency percentiles (ms)."""
+        lat = np.array(self.latencies) * 1000 if self.latencies else np.zeros(1)
+        return {"requests": self.requests, "texts": self.texts, "seconds": round(self.seconds, 2),
+                "requests_per_s": self.requests / self.seconds, "texts_per_s": self.texts / self.seconds,
+                "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
+                "p99_ms": float(np.percentile(lat, 99)), "errors": self.errors}
+
+
+def _request_bytes(path: str, payload: dict[str, Any]) -> bytes:
+    body = json.dumps(payload).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    await reader.readexactly(length)
+    return status
+
+
+async def run_phase(port: int, clients: int, make: Any, seconds: float | None = None,
+                    total: int | None = None) -> PhaseResult:
+    """Closed-loop clients, each on one keep-alive connection, until time or count runs out.
+
+    ``make(rng)`` returns (request bytes, number of texts).
+    """
+    result = PhaseResult()
+    stop_at = time.perf_counter() + seconds if seconds else float("inf")
+    issued = 0
+
+    async def client(index: int) -> None:
+        nonlocal issued
+        rng = random.Random(index)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.perf_counter() < stop_at and (total is None or issued < total):
+            issued += 1
+            request, texts = make(rng)
+            started = time.perf_counter()
+            status = await _exchange(reader, writer, request)
+            if status == 200:
+                result.latencies.append(time.perf_counter() - started)
+                result.requests += 1
+                result.texts += texts
+            else:
+                result.errors[str(status)] = result.errors.get(str(status), 0) + 1
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def start_server(model: Path, threads: int | None, extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+    """Start `embedrt serve` on a free port and wait for /health. Raises RuntimeError if it dies."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    command = [sys.executable, "-m", "embedrt.runtime.cli", "serve", "--model", str(model),
+               "--port", str(port), "--log-level", "warning", *extra]
+    if threads:
+        command += ["--threads", str(threads)]
+    process = subprocess.Popen(command)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                    return process, port
+        except OSError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("server did not become ready in 120 s")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def load_phases(port: int, pid: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Every phase against the running server; returns their summaries and RSS figures."""
+    singles = [_request_bytes("/v1/embeddings", {"input": t}) for t in short_sentences(500, seed=1)]
+
+    def single(rng: random.Random) -> tuple[bytes, int]:
+        return rng.choice(singles), 1
+
+    def mixed_list(rng: random.Random) -> tuple[bytes, int]:
+        texts = [varied_text(rng) for _ in range(rng.randint(1, 16))]
+        return _request_bytes("/v1/embeddings", {"input": texts}), len(texts)
+
+    def soak(rng: random.Random) -> tuple[bytes, int]:
+        texts = [varied_text(rng) for _ in range(rng.randint(1, 4))]
+        return _request_bytes("/embed", {"inputs": texts}), len(texts)
+
+    phases: dict[str, Any] = {}
+    asyncio.run(run_phase(port, args.concurrency, single, seconds=3))  # warm-up
+    for name, clients, make, seconds in [
+        (f"single_c{args.concurrency}", args.concurrency, single, args.duration),
+        ("single_c8", 8, single, args.duration / 3),
+        ("lists_c16", 16, mixed_list, args.duration / 2),
+    ]:
+        logger.info("phase %s: %d clients for %.0f s", name, clients, seconds)
+        phases[name] = asyncio.run(run_phase(port, clients, make, seconds=seconds)).summary()
+    rss_start = rss_bytes(pid)
+    logger.info("soak: %d requests", args.soak_requests)
+    phases["soak"] = asyncio.run(run_phase(port, 16, soak, total=args.soak_requests)).summary()
+    rss_end = rss_bytes(pid)
+    phases["soak"].update(rss_start_mib=rss_start / 2**20, rss_end_mib=rss_end / 2**20,
+                          rss_growth=(rss_end - rss_start) / rss_start)
+    return phases
+
+
+def verdicts(offline: dict[str, float], phases: dict[str, Any], concurrency: int) -> dict[str, Any]:
+    """The three targets, each with its figure and whether it is met."""
+    single = phases[f"single_c{concurrency}"]
+    ratio = single["texts_per_s"] / offline["batch32_texts_per_s"]
+    p99 = single["p99_ms"] / offline["batch1_p50_ms"]
+    growth = phases["soak"]["rss_growth"]
+    return {
+        "throughput_ratio": {"value": ratio, "target": f">= {TARGETS['throughput_ratio_min']}",
+                             "met": ratio >= TARGETS["throughput_ratio_min"]},
+        "p99_over_batch1": {"value": p99, "target": f"<= {TARGETS['p99_over_batch1_max']}",
+                            "met": p99 <= TARGETS["p99_over_batch1_max"]},
+        "rss_growth": {"value": growth, "target": f"<= {TARGETS['rss_growth_max']}",
+                       "met": growth <= TARGETS["rss_growth_max"]},
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """A human table of the results."""
+    off = results["offline"]
+    lines = [f"# embedrt serve load run: {results['model']}", "",
+             f"`{results['command']}`", "",
+             f"CPU: {results['cpu']}; onnxruntime threads: {off['threads']}; python {results['python']}", "",
+             f"Offline (same artefact): batch-32 {off['batch32_texts_per_s']:.0f} texts/s; "
+             f"batch-1 p50 {off['batch1_p50_ms']:.2f} ms", "",
+             "| phase | requests | texts/s | req/s | p50 ms | p95 ms | p99 ms | errors |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, p in results["phases"].items():
+        lines.append(f"| {name} | {p['requests']} | {p['texts_per_s']:.0f} | {p['requests_per_s']:.0f} | "
+                     f"{p['p50_ms']:.1f} | {p['p95_ms']:.1f} | {p['p99_ms']:.1f} | {p['errors'] or 0} |")
+    soak = results["phases"]["soak"]
+    lines += ["", f"Soak RSS: {soak['rss_start_mib']:.0f} MiB -> {soak['rss_end_mib']:.0f} MiB "
+              f"({100 * soak['rss_growth']:+.1f}%)", "", "| target | figure | wanted | met |",
+              "| --- | --- | --- | --- |"]
+    for name, v in results["verdicts"].items():
+        lines.append(f"| {name} | {v['value']:.3f} | {v['target']} | {'yes' if v['met'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run everything and write serve_load.json and serve_load.md to --out."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/serve"))
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--soak-requests", type=int, default=10_000)
+    parser.add_argument("--server-arg", action="append", default=[], help="Passed to embedrt serve.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="serve_load: %(message)s")
+    offline = offline_figures(args.model, args.threads, short_sentences(512, seed=1))
+    logger.info("offline: %s", offline)
+    process, port = start_server(args.model, args.threads, args.server_arg)
+    try:
+        phases = load_phases(port, process.pid, args)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    results = {"model": str(args.model), "command": " ".join(["python -m embedrt.bench.serve_load",
+               *(argv if argv is not None else sys.argv[1:])]), "cpu": _cpu_name(),
+               "python": platform.python_version(), "offline": offline, "phases": phases,
+               "verdicts": verdicts(offline, phases, args.concurrency)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve_load.json").write_text(json.dumps(results, indent=2))
+    (args.out / "serve_load.md").write_text(markdown(results))
+    sys.stdout.write(markdown(results))
+
+
+def _cpu_name() -> str:
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
