@@ -17,6 +17,7 @@ from typing import Any
 
 from embedrt.export.optimise import optimise
 from embedrt.export.parity import ParityReport, compare, reference_embeddings, validation_sentences
+from embedrt.export.quantise import quantise_variant
 from embedrt.export.source import SourceModel, read_source, resolve_source
 from embedrt.export.variants import Variant, get_variant
 from embedrt.runtime.embedder import Embedder
@@ -31,6 +32,7 @@ VERSIONED_PACKAGES = (
     "sentence-transformers", "tokenizers",
 )
 OUTPUT_NAME = "last_hidden_state"
+EXPORTED_RECIPE = {"method": "optimum ONNX export, task feature-extraction", "dtype": "float32"}
 
 
 class OutputDirectoryError(EmbedrtError, FileExistsError):
@@ -44,6 +46,10 @@ class ExportOptions:
     Attributes:
         variant: which artefact to build (see ``embedrt.export.VARIANTS``).
         check: measure parity against torch and fail beyond the variant's tolerance.
+        isa: CPU the quantised recipe targets (avx512_vnni, avx_vnni, avx512, avx2, arm64);
+            None detects this machine's.
+        min_cosine: for quantised variants, keep the most sensitive nodes in float until the
+            minimum per-sentence cosine to torch on the calibration sentences reaches this.
         opset: ONNX opset; None lets the exporter choose.
         threads: onnxruntime threads for the parity check; None = the usable CPUs.
     """
@@ -52,6 +58,8 @@ class ExportOptions:
     check: bool = True
     opset: int | None = None
     threads: int | None = None
+    isa: str | None = None
+    min_cosine: float | None = None
 
 
 def default_out_dir(model_name: str, variant: str) -> Path:
@@ -96,7 +104,9 @@ def export_model(
     with _staging_dir(target) as staging:
         step(f"exporting {model.name} to ONNX")
         inputs = _export_onnx(model, staging, options.opset)
-        recipe = _build_variant(variant, staging, step)
+        # The fp32 manifest first: quantisation's accuracy search loads trial artefacts.
+        _write_manifest(model, variant, staging, inputs, EXPORTED_RECIPE)
+        recipe = _build_variant(variant, staging, model, options, step)
         manifest = _write_manifest(model, variant, staging, inputs, recipe)
         if options.check:
             step("checking parity against sentence-transformers on torch")
@@ -123,13 +133,22 @@ def check_parity(
     return compare(reference, candidate, variant.min_cosine, variant.max_abs_diff)
 
 
-def _build_variant(variant: Variant, staging: Path, step: ProgressCallback) -> dict[str, Any]:
+def _build_variant(
+    variant: Variant,
+    staging: Path,
+    model: SourceModel,
+    options: ExportOptions,
+    step: ProgressCallback,
+) -> dict[str, Any]:
     """Turn the exported fp32 graph in ``staging`` into ``variant``; return its recipe."""
     model_path = staging / MODEL_FILE
     if variant.build == "optimised":
         step("applying onnxruntime transformer fusions")
         return optimise(model_path, model_path)
-    return {"method": "optimum ONNX export, task feature-extraction", "dtype": "float32"}
+    if variant.build == "quantised":
+        with _quiet("embedrt.runtime", "onnxruntime"):
+            return quantise_variant(variant.name, staging, model.path, options, step)
+    return dict(EXPORTED_RECIPE)
 
 
 def _export_onnx(model: SourceModel, staging: Path, opset: int | None) -> tuple[str, ...]:

@@ -39,6 +39,21 @@ VARIANTS: dict[str, Variant] = {
             "fp32-optimised", "float32 with onnxruntime's transformer fusions", 0.99999, 1e-5,
             build="optimised",
         ),
+        # Quantised variants: per-sentence cosine is the gate; element differences follow.
+        Variant(
+            "int8",
+            "int8 MatMuls with per-token activation scales (batch-invariant) and an int8 "
+            "embedding table; the default for CPU serving",
+            0.99, 0.05, build="quantised",
+        ),
+        Variant(
+            "int8-edge", "size first: as int8 with a 4-bit embedding table", 0.98, 0.06,
+            build="quantised",
+        ),
+        Variant(
+            "int4-edge", "smallest: 4-bit block weights (MatMulNBits) and 4-bit embeddings; "
+            "lower fidelity", 0.85, 0.2, build="quantised",
+        ),
     )
 }
 

@@ -206,7 +206,7 @@ class Batcher:
 
     def _tokenize(self, job: _Job) -> list[_Row]:
         try:
-            encodings = self.embedder._tokenize(job.texts, job.truncate)
+            encodings = self.embedder.tokenize(job.texts, job.truncate)
         except Exception as err:  # InputTooLongError, or the tokenizer rejecting a text
             self._settle(job, error=err)
             return []
@@ -243,7 +243,7 @@ class Batcher:
             return
         started = time.perf_counter()
         try:
-            vectors = self.embedder._embed_batch([encoding for _, _, encoding in live])
+            vectors = self.embedder.embed_encodings([encoding for _, _, encoding in live])
         except Exception as err:  # onnxruntime's untyped errors: fail these requests, keep serving
             logger.exception("inference failed for a batch of %d inputs", len(live))
             for job in {row[0] for row in live}:

@@ -92,20 +92,35 @@ def export(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Default: models/<model-name>/<variant>/")
     ] = None,
-    variant: Annotated[str, typer.Option(help="Which artefact to build.")] = "fp32",
+    variant: Annotated[
+        str, typer.Option(help="fp32, fp32-optimised, int8 (CPU serving), int8-edge or int4-edge.")
+    ] = "fp32",
     check: Annotated[bool, typer.Option(help="Check parity against torch.")] = True,
+    isa: Annotated[
+        str | None,
+        typer.Option(help="CPU a quantised recipe targets: avx512_vnni, avx_vnni, avx512, avx2, "
+                     "arm64. Default: this machine's."),
+    ] = None,
+    min_cosine: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Quantised variants: keep the most sensitive nodes "
+                     "in float until the min per-sentence cosine to torch on calibration "
+                     "sentences reaches this; fail if nothing does."),
+    ] = None,
     threads: ThreadsOption = None,
 ) -> None:
     """Export a sentence-transformers model to ONNX and check it against torch.
 
-    Example: embedrt export --variant fp32 --out models/all-MiniLM-L6-v2/fp32
+    Example: embedrt export --variant int8 --out models/all-MiniLM-L6-v2/int8
     """
     import time
 
     from embedrt.export import ExportOptions, export_model
 
     started = time.perf_counter()
-    options = ExportOptions(variant=variant, check=check, threads=threads)
+    options = ExportOptions(
+        variant=variant, check=check, threads=threads, isa=isa, min_cosine=min_cosine
+    )
     with _progress("export") as step:
         manifest = export_model(source, out, options, progress=step)
     target = out or Path("models") / manifest.model_name / manifest.variant

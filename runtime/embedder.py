@@ -144,7 +144,7 @@ class Embedder:
         _check_texts(texts)
         size = batch_size or self.batch_size
         _check_positive(batch_size=size)
-        encodings = self._tokenize(texts, truncate)
+        encodings = self.tokenize(texts, truncate)
         lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
         truncated = tuple(i for i, e in enumerate(encodings) if e.overflowing)
         if truncated:
@@ -156,10 +156,16 @@ class Embedder:
         order = np.argsort(lengths, kind="stable")
         for start in range(0, len(order), size):
             rows = order[start : start + size]
-            vectors[rows] = self._embed_batch([encodings[i] for i in rows])
+            vectors[rows] = self.embed_encodings([encodings[i] for i in rows])
         return Embeddings(vectors, lengths, truncated)
 
-    def _tokenize(self, texts: Sequence[str], truncate: bool) -> list[Encoding]:
+    def tokenize(self, texts: Sequence[str], truncate: bool = True) -> list[Encoding]:
+        """Tokenise ``texts`` at ``max_seq_length`` (unpadded). For callers that form their
+        own batches, like the server; ``encoding.overflowing`` is non-empty when truncated.
+
+        Raises:
+            InputTooLongError: ``truncate`` is False and an input exceeds ``max_seq_length``.
+        """
         if not texts:
             return []
         if truncate:
@@ -177,7 +183,8 @@ class Embedder:
                 )
         return encodings
 
-    def _embed_batch(self, encodings: Sequence[Encoding]) -> FloatArray:
+    def embed_encodings(self, encodings: Sequence[Encoding]) -> FloatArray:
+        """Run one batch of :meth:`tokenize` output (padded here) and pool it; input order."""
         longest = max(len(e.ids) for e in encodings)
         multiple = self.pad_to_multiple_of
         width = min(-(-longest // multiple) * multiple, max(longest, self.max_seq_length))
