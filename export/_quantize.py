@@ -294,6 +294,8 @@ def _smoothing(
         w = numpy_helper.to_array(inits[n.input[1]])
         if w.shape[0] <= w.shape[1]:
             wmax[n.input[0]] = np.maximum(wmax.get(n.input[0], 0.0), np.abs(w).max(1))
+    if not wmax:  # only down-projections left to quantise: nothing to smooth
+        return {}
     amax = _activation_absmax(model, sorted(wmax), feeds)
     return {
         x: np.clip(amax[x] ** alpha / np.maximum(wmax[x], 1e-5) ** (1 - alpha), 1e-2, 1e2).astype(np.float32)
@@ -446,6 +448,18 @@ def _rewrite_nbits(g: _Graph, nodes: Sequence[Any], recipe: Recipe) -> None:
         ]
 
 
+def _embedding_block(dim: int, preferred: int) -> int:
+    """The recipe's block size, or the largest smaller power of two (>= 16, as the op
+    requires) that divides the embedding width: narrow models get finer blocks."""
+    for block in (preferred, *(b for b in (128, 64, 32, 16) if b < preferred)):
+        if dim % block == 0:
+            return block
+    raise UnsupportedModelError(
+        f"embedding width {dim} is not a multiple of 16; GatherBlockQuantized cannot hold it. "
+        "Use a variant that keeps the embedding table fp32."
+    )
+
+
 def _rewrite_embedding(g: _Graph, recipe: Recipe) -> int:
     """Turn the largest constant-table Gather (word embeddings) into GatherBlockQuantized; returns count."""
     from onnx import helper
@@ -459,12 +473,9 @@ def _rewrite_embedding(g: _Graph, recipe: Recipe) -> int:
         return 0
     n = max(gathers, key=lambda node: g.inits[node.input[0]].size)
     table = g.inits[n.input[0]].astype(np.float32)
-    bits, block = recipe.embedding_bits, recipe.embedding_block_size
+    bits = recipe.embedding_bits
     rows, dim = table.shape
-    if dim % block:
-        raise UnsupportedModelError(
-            f"embedding width {dim} is not a multiple of block size {block}; choose a divisor."
-        )
+    block = _embedding_block(dim, recipe.embedding_block_size)
     qmax = 2 ** (bits - 1) - 1
     blocks = table.reshape(rows, dim // block, block)
     scales = np.maximum(np.abs(blocks).max(-1), 1e-12) / qmax
@@ -562,7 +573,7 @@ def quantize(
         _rewrite_nbits(g, targets, recipe)
     else:
         smooth: dict[str, np.ndarray] = {}
-        if recipe.smoothing_alpha is not None:
+        if recipe.smoothing_alpha is not None and targets:
             feeds = (
                 calibration
                 if calibration is not None

@@ -1,0 +1,176 @@
+"""Quantised variants: structure, batch invariance, accuracy-aware export, and (real model)
+the int8 fidelity targets against sentence-transformers on torch."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+if importlib.util.find_spec("torch") is None or importlib.util.find_spec("onnx") is None:
+    pytest.skip("quantisation tests need the [export] extra", allow_module_level=True)
+
+import onnx
+from embedrt.export import ExportOptions, export_model
+from embedrt.export._quantize import UnknownISAError
+from embedrt.export.accuracy import AccuracyTargetError
+from embedrt.runtime import Embedder, Manifest
+
+STSB_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb-dev" / "dev.tsv"
+MIXED = [
+    "the cat", "a man is playing guitar", "", "hello world " * 3, "the quick brown fox jumps",
+    "the cat sat on the road " * 8, "dog", "water tree house car road music piano",
+] * 4
+
+
+def _op_counts(model_file: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(model_file)).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def _invariance(embedder: Embedder, texts: list[str], batch_sizes: tuple[int, ...]) -> float:
+    """Min cosine between each text embedded alone and inside shuffled mixed-length batches."""
+    alone = np.stack([embedder.embed([t])[0] for t in texts])
+    worst = 1.0
+    rng = np.random.default_rng(0)
+    for size in batch_sizes:
+        order = rng.permutation(len(texts))
+        # Shuffled, not length-sorted: each batch mixes short and very long texts.
+        batched = np.empty_like(alone)
+        for start in range(0, len(order), size):
+            rows = order[start : start + size]
+            batched[rows] = embedder.encode([texts[i] for i in rows], batch_size=size).vectors
+        worst = min(worst, float((alone * batched).sum(axis=1).min()))
+    return worst
+
+
+@pytest.fixture(scope="module")
+def tiny_int8(tiny_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("int8") / "tiny-int8"
+    export_model(tiny_sources["bert"], target, ExportOptions(variant="int8"))
+    return target
+
+
+@pytest.mark.export
+def test_recipe_matches_the_graph(tiny_int8: Path) -> None:
+    recipe = Manifest.load(tiny_int8).recipe
+    counts = _op_counts(tiny_int8 / "model.onnx")
+    assert recipe["quantised_matmuls"] == 12  # 2 layers x (Q, K, V, attention out, FFN in, FFN out)
+    assert counts.get("MatMulIntegerToFloat", 0) == recipe["quantised_matmuls"]
+    assert recipe["fp32_matmuls"] == []
+    assert recipe["quantised_gathers"] == counts.get("GatherBlockQuantized", 0) == 1
+    assert recipe["recipe"]["activation_granularity"] == "per-token"
+    assert Manifest.load(tiny_int8).parity["passed"] is True
+
+
+@pytest.mark.export
+def test_tiny_int8_is_batch_invariant(tiny_int8: Path) -> None:
+    assert _invariance(Embedder.load(tiny_int8), MIXED, (8, 32)) >= 0.99999
+
+
+@pytest.mark.export
+def test_explicit_isa_without_vnni_uses_the_saturation_safe_form(
+    tiny_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    manifest = export_model(tiny_sources["distilbert"], tmp_path / "avx2", ExportOptions("int8", isa="avx2"))
+    assert manifest.recipe["recipe"]["target_isa"] == "avx2"
+    assert manifest.recipe["recipe"]["weight_type"] == "u8"
+    assert manifest.recipe["requires_cpu_flags"] == ["avx2"]
+    assert "token_type_ids" not in manifest.inputs
+
+
+@pytest.mark.export
+def test_unknown_isa(tiny_sources: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(UnknownISAError, match="target ISA 'sse2' is unknown"):
+        export_model(tiny_sources["bert"], tmp_path / "x", ExportOptions("int8", isa="sse2"))
+
+
+@pytest.mark.export
+def test_unreachable_accuracy_target_fails_clearly(tiny_sources: dict[str, Path], tmp_path: Path) -> None:
+    # Every node left in float still differs from torch by rounding (and the int8
+    # embedding table stays quantised), so a cosine of exactly 1 cannot be reached.
+    with pytest.raises(AccuracyTargetError, match=r"no recipe reaches min cosine 1.0 .* Lower --min-cosine"):
+        export_model(tiny_sources["bert"], tmp_path / "out", ExportOptions("int8", min_cosine=1.0))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.export
+def test_reachable_accuracy_target_keeps_sensitive_nodes_float(
+    tiny_sources: dict[str, Path], tiny_int8: Path, tmp_path: Path
+) -> None:
+    baseline = Manifest.load(tiny_int8).parity["min_cosine"]
+    target = min(0.99999, 1 - (1 - baseline) / 4)  # a quarter of the plain recipe's error
+    manifest = export_model(tiny_sources["bert"], tmp_path / "acc", ExportOptions("int8", min_cosine=target))
+    search = manifest.recipe["accuracy_search"]
+    assert search["calibration_min_cosine"] >= target
+    kept = manifest.recipe["fp32_matmuls"]
+    counts = _op_counts(tmp_path / "acc" / "model.onnx")
+    assert counts.get("MatMulIntegerToFloat", 0) == 12 - len(kept)
+    assert manifest.recipe["quantised_matmuls"] == 12 - len(kept)
+
+
+# --- the real model --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def minilm_int8(artefact_root: Path) -> Path:
+    target = artefact_root / "minilm-int8"
+    if not (target / "manifest.json").is_file():
+        export_model(None, target, ExportOptions(variant="int8"))
+    return target
+
+
+@pytest.fixture(scope="module")
+def stsb() -> tuple[list[str], np.ndarray]:
+    if not STSB_DEV.is_file():
+        pytest.skip(f"{STSB_DEV} not present")
+    rows = [line.split("\t") for line in STSB_DEV.read_text(encoding="utf-8").splitlines()[1:]]
+    return [text for row in rows for text in row[:2]], np.array([float(row[2]) for row in rows])
+
+
+def _spearman_x100(vectors: np.ndarray, gold: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    scores = (vectors[0::2] * vectors[1::2]).sum(axis=1)
+    return float(spearmanr(scores, gold).statistic * 100)
+
+
+@pytest.fixture(scope="module")
+def torch_stsb(stsb: tuple[list[str], np.ndarray], minilm_fp32: Path) -> Any:
+    from embedrt.export.parity import load_reference
+
+    reference = load_reference(Path(Manifest.load(minilm_fp32).source["path"]))
+    return reference.encode(stsb[0], batch_size=64, convert_to_numpy=True)
+
+
+@pytest.mark.real_model
+def test_int8_fidelity_on_stsb_dev(
+    minilm_int8: Path, minilm_fp32: Path, stsb: tuple[list[str], np.ndarray], torch_stsb: Any
+) -> None:
+    texts, gold = stsb
+    int8 = Embedder.load(minilm_int8).embed(texts)
+    cosines = (int8 * torch_stsb).sum(axis=1)
+    fp32_spearman = _spearman_x100(Embedder.load(minilm_fp32).embed(texts), gold)
+    drop = fp32_spearman - _spearman_x100(int8, gold)
+    print(f"\nint8 vs torch on STS-B dev: min {cosines.min():.4f} mean {cosines.mean():.5f}; "
+          f"Spearman drop {drop:.3f}")
+    assert cosines.min() >= 0.99 and cosines.mean() >= 0.997
+    assert drop <= 0.3
+
+
+@pytest.mark.real_model
+def test_int8_batch_invariance_on_stsb_dev(minilm_int8: Path, stsb: tuple[list[str], np.ndarray]) -> None:
+    texts = stsb[0][:600] + [max(stsb[0], key=len) * 6]  # plus a neighbour far over 256 tokens
+    worst = _invariance(Embedder.load(minilm_int8), texts, (8, 32, 128))
+    print(f"\nint8 alone vs batches of 8/32/128: min cosine {worst:.7f}")
+    assert worst >= 0.9999
+
+
+@pytest.mark.real_model
+def test_int8_artefact_size(minilm_int8: Path) -> None:
+    assert (minilm_int8 / "model.onnx").stat().st_size <= 60e6
