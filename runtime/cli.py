@@ -18,6 +18,9 @@ from typing import Annotated, Any, TypeVar
 import numpy as np
 import typer
 
+# embedrt.bench's CLI module is light (typer only); its measurement code loads when run.
+from embedrt.bench.cli import register as register_bench
+
 from .embedder import DEFAULT_BATCH_SIZE, Embedder
 from .errors import EmbedrtError
 from .manifest import Manifest
@@ -305,6 +308,7 @@ def main() -> None:
 
 # Commands whose code lives beside the core CLI; each imports its extra only when run.
 register_serve(app)
+register_bench(app)
 
 if __name__ == "__main__":
     main()
