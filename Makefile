@@ -12,11 +12,15 @@ BANK_B = I sat by the river bank.
 
 .PHONY: demo test test-full test-base lint setup setup-base clean
 
-## demo: export all-MiniLM-L6-v2 to ONNX, then compare the seed sentences with torch.
+## demo: export all-MiniLM-L6-v2 to ONNX (fp32, and int8 for CPU serving), then compare
+## the seed sentences with the torch reference.
 demo: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/embedrt export --out models/all-MiniLM-L6-v2/fp32
+	HF_HUB_OFFLINE=1 $(VENV)/bin/embedrt export --variant fp32
+	HF_HUB_OFFLINE=1 $(VENV)/bin/embedrt export --variant int8
 	HF_HUB_OFFLINE=1 $(VENV)/bin/embedrt similarity "$(BANK_A)" "$(BANK_B)" \
 		--model models/all-MiniLM-L6-v2/fp32 --reference
+	HF_HUB_OFFLINE=1 $(VENV)/bin/embedrt similarity "$(BANK_A)" "$(BANK_B)" \
+		--model models/all-MiniLM-L6-v2/int8
 
 ## test: lint, then every test with the [export] extra, then the runtime's tests again in
 ## an environment with only the base dependencies (no torch, transformers, optimum, onnx).
