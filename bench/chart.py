@@ -49,6 +49,11 @@ def write_chart(results: dict[str, Any], out: Path) -> Path:
                           fmt="o", capsize=3)
             axis.annotate(name, (stats["mean"], speed), textcoords="offset points", xytext=(4, 4),
                           fontsize=8)
+        # Without a floor, fp32's 1e-13 spread would fill the axis and hide the real gaps.
+        lowest = min((results["quality"][n]["buckets"].get(bucket) or {}).get("min") or 1.0
+                     for n in results["throughput"])
+        axis.set_xlim(min(0.95, lowest - 0.01), 1.003)
+        axis.ticklabel_format(axis="x", useOffset=False)
         tokens = results["workloads"][bucket]["token_mean"]
         axis.set_title(f"{bucket} (~{tokens:.0f} tokens), batch {batch}")
         axis.set_xlabel("cosine to torch (dot: mean, bar: down to min)")
