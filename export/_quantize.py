@@ -138,15 +138,10 @@ def detect_isa() -> dict[str, bool]:
     Reads ``/proc/cpuinfo`` where it exists (Linux) and falls back to ``platform.machine()``.
     Never raises: unknown features read as False.
     """
+    from embedrt.runtime.cpus import cpu_flags  # the same reading the runtime checks at load
+
     machine = platform.machine().lower()
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="ignore").splitlines():
-            if line.startswith(("flags", "Features")):
-                flags.update(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        logger.debug("no /proc/cpuinfo; ISA flags from platform only")
+    flags = cpu_flags()
     return {
         "avx2": "avx2" in flags,
         "avx512": "avx512f" in flags and "avx512bw" in flags,
