@@ -42,6 +42,7 @@ SUBJECTS = ["A man", "The woman", "A child", "Two dogs", "The bank", "A small ca
 VERBS = ["is playing", "approved", "walked past", "was reading about", "quickly sold", "slept near"]
 OBJECTS = ["a guitar.", "the loan.", "the river bank.", "an old book on physics.", "the red car.",
            "a quiet house by the sea."]
+GENERATOR = "python asyncio, raw HTTP/1.1 keep-alive"
 TARGETS = {"throughput_ratio_min": 0.70, "p99_over_batch1_max": 20.0, "rss_growth_max": 0.10}
 
 
@@ -58,20 +59,23 @@ def varied_text(rng: random.Random) -> str:
 
 
 def offline_figures(model: Path, threads: int | None, texts: list[str]) -> dict[str, float]:
-    """Batch-32 throughput (texts/s, median of 5) and batch-1 latency (p50 ms) in-process."""
+    """Batch-32 throughput (texts/s, median of 5) and CPU per text; batch-1 latency (p50 ms)."""
     embedder = Embedder.load(model, threads=threads, pad_to_multiple_of=16)
     embedder.embed(texts[:64], batch_size=32)
     rates = []
+    cpu_started = cpu_seconds()
     for _ in range(5):
         started = time.perf_counter()
         embedder.embed(texts, batch_size=32)
         rates.append(len(texts) / (time.perf_counter() - started))
+    # CPU per text is what the server's CPU per request compares with on a shared machine
+    cpu_ms_per_text = 1000 * (cpu_seconds() - cpu_started) / (5 * len(texts))
     latencies = []
     for text in texts[:300]:
         started = time.perf_counter()
         embedder.embed([text])
         latencies.append(time.perf_counter() - started)
-    return {"batch32_texts_per_s": statistics.median(rates),
+    return {"batch32_texts_per_s": statistics.median(rates), "batch32_cpu_ms_per_text": cpu_ms_per_text,
             "batch1_p50_ms": 1000 * statistics.median(latencies), "threads": embedder.threads}
 
 
@@ -170,6 +174,29 @@ def start_server(model: Path, threads: int | None, extra: list[str]) -> tuple[su
     raise RuntimeError("server did not become ready in 120 s")
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of a process, all its threads (this process when ``pid`` is None)."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured_phase(port: int, pid: int, clients: int, make: Any, **bounds: Any) -> dict[str, Any]:
+    """One phase's summary plus the CPU the generator (this process) and the server used.
+
+    Both share the machine's cores, so a generator that costs much would cap the server.
+    """
+    server_before, client_before = cpu_seconds(pid), cpu_seconds()
+    summary = asyncio.run(run_phase(port, clients, make, **bounds)).summary()
+    server, client = cpu_seconds(pid) - server_before, cpu_seconds() - client_before
+    summary.update(generator=GENERATOR, server_cpu_s=server, generator_cpu_s=client,
+                   server_cores=server / summary["seconds"], generator_cores=client / summary["seconds"],
+                   server_cpu_ms_per_request=1000 * server / max(summary["requests"], 1))
+    return summary
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process (Linux /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -201,10 +228,10 @@ def load_phases(port: int, pid: int, args: argparse.Namespace) -> dict[str, Any]
         ("lists_c16", 16, mixed_list, args.duration / 2),
     ]:
         logger.info("phase %s: %d clients for %.0f s", name, clients, seconds)
-        phases[name] = asyncio.run(run_phase(port, clients, make, seconds=seconds)).summary()
+        phases[name] = measured_phase(port, pid, clients, make, seconds=seconds)
     rss_start = rss_bytes(pid)
     logger.info("soak: %d requests", args.soak_requests)
-    phases["soak"] = asyncio.run(run_phase(port, 16, soak, total=args.soak_requests)).summary()
+    phases["soak"] = measured_phase(port, pid, 16, soak, total=args.soak_requests)
     rss_end = rss_bytes(pid)
     phases["soak"].update(rss_start_mib=rss_start / 2**20, rss_end_mib=rss_end / 2**20,
                           rss_growth=(rss_end - rss_start) / rss_start)
@@ -234,13 +261,27 @@ def markdown(results: dict[str, Any]) -> str:
              f"`{results['command']}`", "",
              f"CPU: {results['cpu']}; onnxruntime threads: {off['threads']}; python {results['python']}", "",
              f"Offline (same artefact): batch-32 {off['batch32_texts_per_s']:.0f} texts/s; "
-             f"batch-1 p50 {off['batch1_p50_ms']:.2f} ms", "",
-             "| phase | requests | texts/s | req/s | p50 ms | p95 ms | p99 ms | errors |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"batch-1 p50 {off['batch1_p50_ms']:.2f} ms; batch-32 CPU {off['batch32_cpu_ms_per_text']:.2f} "
+             "ms per text", "",
+             f"Load generator: {GENERATOR}, in the bench process on the same cores; CPU columns "
+             "are cores used during the phase (CPU seconds / wall seconds).", "",
+             "| phase | requests | texts/s | req/s | p50 ms | p95 ms | p99 ms | errors "
+             "| server CPU | generator CPU | server CPU ms/req |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, p in results["phases"].items():
         lines.append(f"| {name} | {p['requests']} | {p['texts_per_s']:.0f} | {p['requests_per_s']:.0f} | "
-                     f"{p['p50_ms']:.1f} | {p['p95_ms']:.1f} | {p['p99_ms']:.1f} | {p['errors'] or 0} |")
+                     f"{p['p50_ms']:.1f} | {p['p95_ms']:.1f} | {p['p99_ms']:.1f} | {p['errors'] or 0} "
+                     f"| {p['server_cores']:.2f} | {p['generator_cores']:.2f} "
+                     f"| {p['server_cpu_ms_per_request']:.2f} |")
     soak = results["phases"]["soak"]
+    floor_ms = 1000 * results["concurrency"] / off["batch32_texts_per_s"]
+    lines += ["", f"Closed loop, so Little's law bounds mean latency below by clients / throughput: even at "
+              f"the offline batch-32 rate, {results['concurrency']} clients wait >= {floor_ms:.1f} ms on "
+              f"average = {floor_ms / off['batch1_p50_ms']:.1f}x batch-1 p50 (the p99 target is "
+              f"{TARGETS['p99_over_batch1_max']:.0f}x).",
+              "", f"Load average (1 min) at start / end: {results['loadavg'][0]:.2f} / "
+              f"{results['loadavg'][1]:.2f} (shared machine: other work takes "
+              "cores from both the server and the offline baseline)."]
     lines += ["", f"Soak RSS: {soak['rss_start_mib']:.0f} MiB -> {soak['rss_end_mib']:.0f} MiB "
               f"({100 * soak['rss_growth']:+.1f}%)", "", "| target | figure | wanted | met |",
               "| --- | --- | --- | --- |"]
@@ -261,6 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--server-arg", action="append", default=[], help="Passed to embedrt serve.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="serve_load: %(message)s")
+    load_start = os.getloadavg()[0]
     offline = offline_figures(args.model, args.threads, short_sentences(512, seed=1))
     logger.info("offline: %s", offline)
     process, port = start_server(args.model, args.threads, args.server_arg)
@@ -272,7 +314,8 @@ def main(argv: list[str] | None = None) -> None:
     results = {"model": str(args.model), "command": " ".join(["python -m embedrt.bench.serve_load",
                *(argv if argv is not None else sys.argv[1:])]), "cpu": _cpu_name(),
                "python": platform.python_version(), "offline": offline, "phases": phases,
-               "verdicts": verdicts(offline, phases, args.concurrency)}
+               "verdicts": verdicts(offline, phases, args.concurrency), "concurrency": args.concurrency,
+               "loadavg": [load_start, os.getloadavg()[0]], "generator": GENERATOR}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve_load.json").write_text(json.dumps(results, indent=2))
     (args.out / "serve_load.md").write_text(markdown(results))
