@@ -369,6 +369,32 @@ def test_missing_serve_extra_names_it(tiny_bert: Path) -> None:
     assert "pip install 'embedrt[serve]'" in result.stderr
 
 
+def test_missing_orjson_names_the_serve_extra(tiny_bert: Path) -> None:
+    code = ("import sys; sys.modules['orjson'] = None\n"
+            "from embedrt.runtime.cli import main\n"
+            f"sys.argv = ['embedrt', 'serve', '--model', {str(tiny_bert)!r}]\nmain()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "embedrt serve needs the [serve] extra" in result.stderr and "orjson" in result.stderr
+
+
+def test_vector_json_is_the_same_doubles_as_json_dumps() -> None:
+    import json
+
+    from embedrt.runtime.server import _json_vectors, _VectorResponse
+
+    rows = np.random.default_rng(0).standard_normal((3, 384)).astype(np.float32)
+    rows[0, :4] = [1e-8, -3.4e38, 0.0, 1.0]
+    body = {"data": [{"embedding": row} for row in _json_vectors(rows)], "model": "é"}
+    rendered = _VectorResponse(body).body
+    expected = json.dumps({"data": [{"embedding": row} for row in rows.tolist()], "model": "é"},
+                          ensure_ascii=False)
+    assert json.loads(rendered) == json.loads(expected)
+    rows[1, 5] = np.nan
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        _json_vectors(rows)
+
+
 def test_serve_help_has_an_example() -> None:
     result = subprocess.run([sys.executable, "-m", "embedrt.runtime.cli", "serve", "--help"],
                             capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
