@@ -61,11 +61,44 @@ def test_recipe_matches_the_graph(tiny_int8: Path) -> None:
     recipe = Manifest.load(tiny_int8).recipe
     counts = _op_counts(tiny_int8 / "model.onnx")
     assert recipe["quantised_matmuls"] == 12  # 2 layers x (Q, K, V, attention out, FFN in, FFN out)
-    assert counts.get("MatMulIntegerToFloat", 0) == recipe["quantised_matmuls"]
+    # Q, K and V read the same tensor: one kernel per layer, split back into three.
+    assert recipe["quantised_matmul_nodes"] == 8
+    assert counts.get("MatMulIntegerToFloat", 0) == recipe["quantised_matmul_nodes"]
+    assert counts.get("Split", 0) == 2
+    assert counts.get("QuantizeLinear", 0) == 8  # one per distinct input
+    assert recipe["graph_nodes"] == sum(counts.values())
     assert recipe["fp32_matmuls"] == []
     assert recipe["quantised_gathers"] == counts.get("GatherBlockQuantized", 0) == 1
     assert recipe["recipe"]["activation_granularity"] == "per-token"
     assert Manifest.load(tiny_int8).parity["passed"] is True
+
+
+@pytest.mark.export
+def test_shape_arithmetic_is_folded_without_changing_outputs(
+    tiny_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    import onnxruntime as ort
+    from embedrt.export._simplify import fold_shape_arithmetic
+
+    artefact = export_model(tiny_sources["bert"], tmp_path / "fp32", ExportOptions(variant="fp32"))
+    model = onnx.load(str(tmp_path / "fp32" / "model.onnx"))
+    before = _op_counts(tmp_path / "fp32" / "model.onnx")
+    folded = fold_shape_arithmetic(model)
+    after = {n.op_type for n in model.graph.node}
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    assert folded > 0
+    assert len(model.graph.node) < sum(before.values())
+    assert all(n.input[1] in constants for n in model.graph.node if n.op_type == "Reshape")
+    assert "Sqrt" in before and "Sqrt" not in after  # the attention scale became a constant
+    rng = np.random.default_rng(1)
+    feed = {"input_ids": rng.integers(5, 50, (3, 13)), "attention_mask": np.ones((3, 13), np.int64)}
+    feed["attention_mask"][1, 9:] = 0
+    if "token_type_ids" in artefact.inputs:
+        feed["token_type_ids"] = np.zeros((3, 13), np.int64)
+    original = ort.InferenceSession(str(tmp_path / "fp32" / "model.onnx")).run(None, feed)[0]
+    simplified = ort.InferenceSession(model.SerializeToString()).run(None, feed)[0]
+    np.testing.assert_allclose(simplified, original, atol=1e-6)
 
 
 @pytest.mark.export
@@ -110,8 +143,9 @@ def test_reachable_accuracy_target_keeps_sensitive_nodes_float(
     assert search["calibration_min_cosine"] >= target
     kept = manifest.recipe["fp32_matmuls"]
     counts = _op_counts(tmp_path / "acc" / "model.onnx")
-    assert counts.get("MatMulIntegerToFloat", 0) == 12 - len(kept)
     assert manifest.recipe["quantised_matmuls"] == 12 - len(kept)
+    assert counts.get("MatMulIntegerToFloat", 0) == manifest.recipe["quantised_matmul_nodes"]
+    assert counts.get("MatMul", 0) >= len(kept)  # attention's own MatMuls are there too
 
 
 # --- the real model --------------------------------------------------------------------------

@@ -1,0 +1,163 @@
+"""Fold the shape arithmetic a torch export leaves in a transformer graph.
+
+The exported graph computes every Reshape target and the attention scale at run time from
+``Shape`` nodes (``Shape -> Gather -> Unsqueeze -> Concat``, ``Sqrt(1 / Sqrt(head_dim))``):
+about a hundred tiny nodes in all-MiniLM-L6-v2 that onnxruntime cannot fold because batch
+and sequence length are dynamic. At batch 1 the per-node overhead of a quantised graph is
+most of its latency, so :func:`fold_shape_arithmetic` replaces them with constants.
+
+It finds the tensors computed only from shapes and constants that feed real computation,
+evaluates them with onnxruntime for two input shapes, and replaces each with
+
+* a constant, when its value is the same for both shapes (the attention scale, head counts);
+* a constant Reshape target with ``0`` ("copy this input dimension") where the value tracked
+  the Reshape input's own dimension in both runs (batch, sequence).
+
+Anything else is left as it was. The values are the ones the graph computed, so the result
+is numerically identical; dead nodes are then removed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# Two probe shapes (batch, sequence) whose sizes and products differ, so a value that is the
+# same in both runs does not depend on batch or sequence length.
+_PROBES = ((2, 7), (3, 11))
+_SHAPE_SOURCES = ("Shape", "Constant", "Size")
+
+
+def fold_shape_arithmetic(model: Any) -> int:
+    """Replace shape-derived tensors by constants in ``model`` (in place); returns how many.
+
+    Returns 0 without changing anything when the graph's inputs are not all ``[batch, seq]``
+    integer tensors (the probe would not know how to feed it).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = model.graph
+    feeds = _probe_feeds(graph)
+    if feeds is None:
+        return 0
+    inits = {i.name for i in graph.initializer}
+    derived = _shape_derived(graph, inits)
+    constant_nodes = {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    frontier = sorted(
+        {
+            x
+            for n in graph.node
+            if n.output[0] not in derived
+            for x in n.input
+            if x in derived and x not in constant_nodes
+        }
+    )
+    if not frontier:
+        return 0
+    reshape_data = {n.input[1]: n.input[0] for n in graph.node if n.op_type == "Reshape"}
+    wanted = frontier + sorted({reshape_data[x] for x in frontier if x in reshape_data})
+    runs = [_evaluate(model, wanted, feed) for feed in feeds]
+
+    constants: dict[str, np.ndarray] = {}
+    for name in frontier:
+        values = [run[name] for run in runs]
+        if values[0].shape == values[1].shape and np.array_equal(values[0], values[1]):
+            constants[name] = values[0]
+        elif name in reshape_data:
+            target = _reshape_target(values, [run[reshape_data[name]].shape for run in runs])
+            if target is not None:
+                constants[name] = target
+    if not constants:
+        return 0
+    producers = [n for n in graph.node if any(o in constants for o in n.output)]
+    for node in producers:
+        for out in node.output:
+            if out in constants:
+                graph.initializer.append(numpy_helper.from_array(constants[out], out))
+    kept = [n for n in graph.node if not any(o in constants for o in n.output)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    _remove_dead(graph)
+    onnx.checker.check_model(model)
+    return len(constants)
+
+
+def _probe_feeds(graph: Any) -> list[dict[str, np.ndarray]] | None:
+    from onnx import TensorProto
+
+    dtypes = {TensorProto.INT64: np.int64, TensorProto.INT32: np.int32}
+    inits = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in inits]
+    feeds = []
+    for batch, seq in _PROBES:
+        feed = {}
+        for value in inputs:
+            tensor = value.type.tensor_type
+            if tensor.elem_type not in dtypes or len(tensor.shape.dim) != 2:
+                return None
+            fill = 1 if "mask" in value.name else 0
+            feed[value.name] = np.full((batch, seq), fill, dtypes[tensor.elem_type])
+        feeds.append(feed)
+    return feeds
+
+
+def _shape_derived(graph: Any, inits: set[str]) -> set[str]:
+    """Tensors computed only from Shape/Size outputs, Constants and initialisers (no data)."""
+    derived: set[str] = set()
+    for node in graph.node:  # ONNX graphs are topologically sorted
+        if node.op_type in _SHAPE_SOURCES or (
+            node.input and all(not x or x in derived or x in inits for x in node.input)
+        ):
+            derived.update(node.output)
+    return derived
+
+
+def _evaluate(model: Any, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in existing:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(
+        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    return dict(zip(names, session.run(names, feed), strict=True))
+
+
+def _reshape_target(values: list[np.ndarray], data_shapes: list[tuple[int, ...]]) -> np.ndarray | None:
+    """A constant Reshape target using 0 for dimensions copied from the input, or None."""
+    if values[0].ndim != 1 or values[0].shape != values[1].shape:
+        return None
+    target = []
+    for i, (a, b) in enumerate(zip(values[0].tolist(), values[1].tolist(), strict=True)):
+        if a == b and a != 0:
+            target.append(a)
+        elif all(i < len(s) and v == s[i] for v, s in zip((a, b), data_shapes, strict=True)):
+            target.append(0)  # Reshape's 0 copies the input's dimension i
+        else:
+            return None
+    return np.array(target, dtype=values[0].dtype)
+
+
+def _remove_dead(graph: Any) -> None:
+    """Drop nodes whose outputs nothing reads, and initialisers nothing uses."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = outputs | {x for n in graph.node for x in n.input}
+        kept = [n for n in graph.node if any(o in used for o in n.output)]
+        if len(kept) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(kept)
+    used = outputs | {x for n in graph.node for x in n.input}
+    inits = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
