@@ -36,6 +36,29 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
     return {"model": model, "flags": {flag: flag in flags for flag in CPU_FLAGS}}
 
 
+def cpu_times(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs since boot, or None where /proc/stat is missing.
+
+    Steal is time a virtual machine's CPUs were ready but the hypervisor ran someone else:
+    on a shared machine it is the noise that slows every system in a run.
+    """
+    try:
+        fields = stat.read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    values = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return values[7], sum(values)
+
+
+def steal_percent(start: tuple[int, int] | None, end: tuple[int, int] | None) -> float | None:
+    """Share of CPU time stolen between two :func:`cpu_times` readings, in percent."""
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    return round(100 * (end[0] - start[0]) / (end[1] - start[1]), 2)
+
+
 def library_versions() -> dict[str, str | None]:
     """Installed versions of the libraries a run may use (None: not installed)."""
     versions: dict[str, str | None] = {"python": platform.python_version()}

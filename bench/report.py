@@ -87,12 +87,17 @@ def _context_lines(results: dict[str, Any]) -> list[str]:
     flags = ", ".join(f for f, present in ctx["cpu"]["flags"].items() if present) or "none of interest"
     versions = ", ".join(f"{k} {v}" for k, v in ctx["versions"].items() if v)
     load = ctx.get("load_average_start", [None])[0]
+    steal = ", ".join(
+        f"{phase} {_fmt(value, '.1f', '%')}" for phase, value in ctx.get("cpu_steal_percent", {}).items()
+    )
     return [
         "# embedrt benchmark", "",
         f"- command: `{ctx['command']}`",
         f"- date: {ctx['date']}; preset: {'quick' if results['settings']['quick'] else 'full'}",
         f"- CPU: {ctx['cpu']['model']} ({flags}); {ctx['usable_cpus']} usable CPUs; "
         f"threads per system: {ctx['threads']}; 1-min load average at start: {_fmt(load, '.2f')}",
+        f"- CPU time stolen by other tenants of this virtual machine's host, per phase: {steal or 'n/a'} "
+        "(high steal slows every system; compare ratios, not absolute figures)",
         f"- versions: {versions}",
         f"- baselines: torch = `{results['baselines']['torch']}`, fp32 = `{results['baselines']['fp32']}`; "
         "ratios are this system's figure ÷ the baseline's, from this run.", "",

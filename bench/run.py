@@ -185,7 +185,7 @@ def _measure(
 ) -> dict[str, Any]:
     from embedrt.runtime.cpus import usable_cpus
 
-    from .context import run_context
+    from .context import cpu_times, run_context, steal_percent
 
     settings = options.settings
     counts = {b: token_counts(tokenizer, texts) for b, texts in workload.buckets.items()}
@@ -205,13 +205,15 @@ def _measure(
         "cold_start": lambda: _cold_starts(systems, settings, progress),
         "size": lambda: {s.spec.name: speed.size_on_disk(s.spec) for s in systems},
     }
-    seconds = {}
+    seconds, steal = {}, {}
     for phase, measure in phases.items():
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), cpu_times()
         results[phase] = measure()
         seconds[phase] = round(time.perf_counter() - started, 1)
+        steal[phase] = steal_percent(cpu_before, cpu_times())
         logger.info("%s took %.1f s", phase, seconds[phase])
     results["context"]["phase_seconds"] = seconds
+    results["context"]["cpu_steal_percent"] = steal
     results["context"]["load_average_end"] = list(os.getloadavg())
     return results
 

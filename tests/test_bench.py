@@ -82,6 +82,10 @@ def test_report_has_the_stable_keys(report: tuple[dict[str, Any], Path]) -> None
     assert context["threads"] == 1 and isinstance(context["command"], str) and context["command"]
     assert set(context["cpu"]["flags"]) >= {"avx2", "avx512f", "avx512_vnni", "avx_vnni"}
     assert context["versions"]["numpy"] and context["date"]
+    steal = context["cpu_steal_percent"]
+    phases = {"latency", "throughput", "quality", "cold_start", "size"}
+    assert set(steal) == set(context["phase_seconds"]) == phases
+    assert all(v is None or 0 <= v <= 100 for v in steal.values())
     assert results["baselines"] == {"torch": "torch", "fp32": "embedrt-tiny-bert"}
     for bucket in BUCKETS:
         stats = results["workloads"][bucket]
@@ -174,3 +178,16 @@ def test_invariance_batches_hold_each_probe_once() -> None:
             assert len(texts) == size
             seen += [texts[p] for p in positions]
         assert seen == probes
+
+
+def test_cpu_steal_is_read_from_proc_stat(tmp_path: Path) -> None:
+    from embedrt.bench.context import cpu_times, steal_percent
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 0 0 40 0 0\ncpu0 1 2 3\n")
+    start = cpu_times(stat)
+    assert start == (40, 1000)
+    stat.write_text("cpu  200 0 100 1500 10 0 0 190 0 0\n")
+    assert steal_percent(start, cpu_times(stat)) == 15.0  # 150 of 1000 jiffies
+    assert cpu_times(tmp_path / "missing") is None
+    assert steal_percent(None, start) is None
