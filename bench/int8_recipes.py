@@ -7,7 +7,7 @@ STS-B dev Spearman x100, batch invariance (a sentence alone vs inside mixed-leng
 8/32/128: min cosine), throughput at batch 32 on short/medium/long texts as a ratio to the fp32
 ONNX graph measured in the same run (median of repeats, recipes interleaved), batch-1 latency and
 file size. Tokenisation and pooling are done here in numpy; the recipes are built with
-export/_quantize.py, loaded by file path (the embedrt package is not imported).
+export/_quantize.py, loaded by file path (it needs the installed embedrt for its graph folding).
 """
 
 from __future__ import annotations
