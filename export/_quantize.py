@@ -403,7 +403,7 @@ def _rewrite_per_token(
 
     MatMuls that read the same tensor (attention's Q, K and V) become one wider
     MatMulIntegerToFloat whose output is split back: the activation is quantised once, the
-    kernel runs once, and with their bias Adds merged too a layer has nine nodes fewer.
+    kernel runs once, and with their bias Adds merged too a layer has five nodes fewer.
     Weight scales are per output column, so the merged weights are the same numbers.
 
     Returns the number of MatMulIntegerToFloat nodes written.
@@ -435,8 +435,6 @@ def _rewrite_per_token(
             wq, wzp = (wq.astype(np.int16) + 128).astype(np.uint8), np.full(wq.shape[1], 128, np.uint8)
         widths = [w.shape[1] for w in weights]
         outputs = [n.output[0] for n in members]
-        adds = [_bias_add(g, consumers, y, w) for y, w in zip(outputs, widths, strict=True)]
-        merge_bias = len(members) > 1 and all(a is not None for a in adds)
         base = members[0].name + ("_qkv" if len(members) > 1 else "")
         y = base + "_y" if len(members) > 1 else outputs[0]
         new = [
@@ -457,21 +455,42 @@ def _rewrite_per_token(
             helper.make_node("Mul", [y + "_unscaled", scale], [y], name=base + "_row_scale"),
         ]
         if len(members) > 1:
-            split_inputs = [y, g.const(base + "_widths", np.array(widths, np.int64))]
-            if merge_bias:
-                biases = [next(b for b in a.input if b in g.inits) for a in adds]
-                bias = np.concatenate([g.inits[b] for b in biases]).astype(np.float32)
-                new.append(helper.make_node("Add", [y, g.const(base + "_bias", bias)], [base + "_yb"],
-                                            name=base + "_bias"))
-                split_inputs[0] = base + "_yb"
-                outputs = [a.output[0] for a in adds]
-                for a in adds:
-                    g.replace[a.name] = []
-            new.append(helper.make_node("Split", split_inputs, outputs, name=base + "_split", axis=-1))
+            new += _split_back(g, consumers, base, y, widths, outputs)
         g.replace[members[0].name] = new
         for n in members[1:]:
             g.replace[n.name] = []
     return len(groups)
+
+
+def _split_back(
+    g: _Graph,
+    consumers: Mapping[str, list[Any]],
+    base: str,
+    y: str,
+    widths: list[int],
+    outputs: list[str],
+) -> list[Any]:
+    """Nodes splitting a merged MatMul's output ``y`` back into the original ``outputs``.
+
+    When every original output had its own bias ``Add``, one Add of the concatenated biases
+    runs before the split, whose outputs then replace the Adds' (the Adds are dropped).
+    """
+    from onnx import helper
+
+    nodes = []
+    adds = [_bias_add(g, consumers, out, width) for out, width in zip(outputs, widths, strict=True)]
+    if all(a is not None for a in adds):
+        biases = [next(b for b in a.input if b in g.inits) for a in adds]
+        bias = np.concatenate([g.inits[b] for b in biases]).astype(np.float32)
+        nodes.append(
+            helper.make_node("Add", [y, g.const(base + "_bias", bias)], [base + "_yb"], name=base + "_bias")
+        )
+        y, outputs = base + "_yb", [a.output[0] for a in adds]
+        for a in adds:
+            g.replace[a.name] = []
+    widths_name = g.const(base + "_widths", np.array(widths, np.int64))
+    nodes.append(helper.make_node("Split", [y, widths_name], outputs, name=base + "_split", axis=-1))
+    return nodes
 
 
 def _rewrite_nbits(g: _Graph, nodes: Sequence[Any], recipe: Recipe) -> None:
