@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from embedrt.export._simplify import fold_shape_arithmetic
+from embedrt.export._simplify import evaluate_tensors, fold_shape_arithmetic
 
 logger = logging.getLogger(__name__)
 
@@ -262,19 +262,9 @@ def _activation_absmax(
     model: Any, inputs: Sequence[str], feeds: Sequence[Mapping[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
     """Per-channel max |x| of each tensor in ``inputs`` over the calibration feeds (fp32 model)."""
-    import onnx
-    import onnxruntime as ort
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    for name in inputs:
-        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    graph_inputs = {i.name for i in sess.get_inputs()}
     amax: dict[str, np.ndarray] = {}
-    for feed in feeds:
-        outs = sess.run(list(inputs), {k: v for k, v in feed.items() if k in graph_inputs})
-        for name, out in zip(inputs, outs, strict=True):
+    for values in evaluate_tensors(model, inputs, feeds):
+        for name, out in values.items():
             cur = np.abs(out).reshape(-1, out.shape[-1]).max(0)
             amax[name] = np.maximum(amax.get(name, cur), cur)
     return amax

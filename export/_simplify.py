@@ -19,6 +19,7 @@ is numerically identical; dead nodes are then removed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,7 @@ def fold_shape_arithmetic(model: Any) -> int:
         return 0
     reshape_data = {n.input[1]: n.input[0] for n in graph.node if n.op_type == "Reshape"}
     wanted = frontier + sorted({reshape_data[x] for x in frontier if x in reshape_data})
-    runs = [_evaluate(model, wanted, feed) for feed in feeds]
+    runs = evaluate_tensors(model, wanted, feeds)
 
     constants: dict[str, np.ndarray] = {}
     for name in frontier:
@@ -114,7 +115,13 @@ def _shape_derived(graph: Any, inits: set[str]) -> set[str]:
     return derived
 
 
-def _evaluate(model: Any, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def evaluate_tensors(
+    model: Any, names: Sequence[str], feeds: Sequence[Mapping[str, np.ndarray]]
+) -> list[dict[str, np.ndarray]]:
+    """The values of the graph tensors ``names`` for each feed (one onnxruntime session).
+
+    onnxruntime keeps every requested tensor, so fusions cannot remove it.
+    """
     import onnx
     import onnxruntime as ort
 
@@ -124,12 +131,13 @@ def _evaluate(model: Any, names: list[str], feed: dict[str, np.ndarray]) -> dict
     for name in names:
         if name not in existing:
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(
-        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    return dict(zip(names, session.run(names, feed), strict=True))
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    graph_inputs = {i.name for i in session.get_inputs()}
+    return [
+        dict(zip(names, session.run(list(names), {k: v for k, v in feed.items() if k in graph_inputs}),
+                 strict=True))
+        for feed in feeds
+    ]
 
 
 def _reshape_target(values: list[np.ndarray], data_shapes: list[tuple[int, ...]]) -> np.ndarray | None:
