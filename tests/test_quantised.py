@@ -107,6 +107,27 @@ def test_tiny_int8_is_batch_invariant(tiny_int8: Path) -> None:
 
 
 @pytest.mark.export
+@pytest.mark.parametrize(("variant", "matmul_op", "embedding_bits"), [
+    ("int8-edge", "MatMulIntegerToFloat", 4),
+    ("int4-edge", "MatMulNBits", 4),
+])
+def test_edge_variants_are_checked_artefacts(
+    tiny_sources: dict[str, Path], tmp_path: Path, variant: str, matmul_op: str, embedding_bits: int
+) -> None:
+    manifest = export_model(tiny_sources["bert"], tmp_path / variant, ExportOptions(variant=variant))
+    recipe = manifest.recipe
+    counts = _op_counts(tmp_path / variant / "model.onnx")
+    gathers = [n for n in onnx.load(str(tmp_path / variant / "model.onnx")).graph.node
+               if n.op_type == "GatherBlockQuantized"]
+    assert manifest.variant == variant and manifest.parity["passed"] is True
+    assert recipe["recipe"]["matmul_op"] == matmul_op and recipe["quantised_matmuls"] == 12
+    assert counts.get(matmul_op, 0) == recipe["quantised_matmul_nodes"]
+    assert [a.i for g in gathers for a in g.attribute if a.name == "bits"] == [embedding_bits]
+    # Both edge recipes quantise activations per row (or per row block): batch-invariant too.
+    assert _invariance(Embedder.load(tmp_path / variant), MIXED, (8, 32)) >= 0.99999
+
+
+@pytest.mark.export
 def test_explicit_isa_without_vnni_uses_the_saturation_safe_form(
     tiny_sources: dict[str, Path], tmp_path: Path
 ) -> None:
