@@ -36,7 +36,6 @@ def fold_shape_arithmetic(model: Any) -> int:
     Returns 0 without changing anything when the graph's inputs are not all ``[batch, seq]``
     integer tensors (the probe would not know how to feed it).
     """
-    import onnx
     from onnx import numpy_helper
 
     graph = model.graph
@@ -45,19 +44,26 @@ def fold_shape_arithmetic(model: Any) -> int:
         return 0
     inits = {i.name for i in graph.initializer}
     derived = _shape_derived(graph, inits)
-    constant_nodes = {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    # Foldable: a single-output node's result (removing the node loses nothing else) that is
+    # not already a Constant.
+    foldable = {n.output[0] for n in graph.node if len(n.output) == 1 and n.op_type != "Constant"}
     frontier = sorted(
         {
             x
             for n in graph.node
             if n.output[0] not in derived
             for x in n.input
-            if x in derived and x not in constant_nodes
+            if x in derived and x in foldable
         }
     )
     if not frontier:
         return 0
-    reshape_data = {n.input[1]: n.input[0] for n in graph.node if n.op_type == "Reshape"}
+    # Reshape's 0 means "copy this dimension" unless allowzero=1 makes it a literal zero.
+    reshape_data = {
+        n.input[1]: n.input[0]
+        for n in graph.node
+        if n.op_type == "Reshape" and not any(a.name == "allowzero" and a.i for a in n.attribute)
+    }
     wanted = frontier + sorted({reshape_data[x] for x in frontier if x in reshape_data})
     runs = evaluate_tensors(model, wanted, feeds)
 
@@ -81,7 +87,6 @@ def fold_shape_arithmetic(model: Any) -> int:
     del graph.node[:]
     graph.node.extend(kept)
     _remove_dead(graph)
-    onnx.checker.check_model(model)
     return len(constants)
 
 
@@ -106,8 +111,13 @@ def _probe_feeds(graph: Any) -> list[dict[str, np.ndarray]] | None:
 
 def _shape_derived(graph: Any, inits: set[str]) -> set[str]:
     """Tensors computed only from Shape/Size outputs, Constants and initialisers (no data)."""
+    from onnx import AttributeProto
+
+    subgraph = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
     derived: set[str] = set()
     for node in graph.node:  # ONNX graphs are topologically sorted
+        if any(a.type in subgraph for a in node.attribute):
+            continue  # If/Loop/Scan may read any outer tensor: never treat them as shape-only
         if node.op_type in _SHAPE_SOURCES or (
             node.input and all(not x or x in derived or x in inits for x in node.input)
         ):

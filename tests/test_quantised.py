@@ -228,3 +228,33 @@ def test_int8_batch_invariance_on_stsb_dev(minilm_int8: Path, stsb: tuple[list[s
 @pytest.mark.real_model
 def test_int8_artefact_size(minilm_int8: Path) -> None:
     assert (minilm_int8 / "model.onnx").stat().st_size <= 60e6
+
+
+@pytest.mark.export
+@pytest.mark.parametrize("allowzero", [0, 1])
+def test_shape_folding_keeps_literal_zero_reshapes(allowzero: int) -> None:
+    import onnxruntime as ort
+    from embedrt.export._simplify import fold_shape_arithmetic
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.arange(40, dtype=np.float32).reshape(10, 4), "table")
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["h"]),
+        helper.make_node("Shape", ["h"], ["shape"], end=2),
+        helper.make_node("Concat", ["shape", "heads"], ["target"], axis=0),
+        helper.make_node("Reshape", ["h", "target"], ["out"], allowzero=allowzero),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [table, numpy_helper.from_array(np.array([2, 2], np.int64), "heads")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    folded = fold_shape_arithmetic(model)
+    # allowzero=1 reads a 0 in the target as a literal zero, so "copy this dimension" is not
+    # expressible: the computed target must stay. Otherwise it becomes [0, 0, 2, 2].
+    assert folded == (0 if allowzero else 1)
+    ids = np.array([[1, 2, 3], [4, 5, 6]], np.int64)
+    out = ort.InferenceSession(model.SerializeToString()).run(None, {"input_ids": ids})[0]
+    assert out.shape == (2, 3, 2, 2)
