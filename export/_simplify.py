@@ -78,12 +78,9 @@ def fold_shape_arithmetic(model: Any) -> int:
                 constants[name] = target
     if not constants:
         return 0
-    producers = [n for n in graph.node if any(o in constants for o in n.output)]
-    for node in producers:
-        for out in node.output:
-            if out in constants:
-                graph.initializer.append(numpy_helper.from_array(constants[out], out))
-    kept = [n for n in graph.node if not any(o in constants for o in n.output)]
+    # Every folded tensor is its producer's only output: the producer goes, the value stays.
+    graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in constants.items())
+    kept = [n for n in graph.node if n.output[0] not in constants]
     del graph.node[:]
     graph.node.extend(kept)
     _remove_dead(graph)
