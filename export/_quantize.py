@@ -1,19 +1,24 @@
 """Int8 / low-bit quantisation recipes for exported sentence-embedding ONNX graphs.
 
-Two variants, each a :class:`Recipe` (data, written into the manifest):
+Each variant is a :class:`Recipe` (data, written into the manifest):
 
 ``int8``
-    Every weight MatMul becomes ``MatMulIntegerToFloat`` (int8 per-output-channel weights) fed by
-    *per-token* dynamic activation quantisation: ``Abs -> ReduceMax -> Max(eps) -> Mul(1/127)`` gives
-    one scale per row, and an opset-21 blocked ``QuantizeLinear`` (block = the whole row) quantises
-    with it. Each row's scale depends on that row only, so a sentence gets the same vector alone or in
-    any batch (onnxruntime's dynamic quantisation uses one scale per tensor, i.e. per batch).
-    SmoothQuant-style per-channel factors (calibrated on a few dozen sentences) move activation
-    outliers into the weights for the inputs that are not down-projections. The word-embedding table
-    becomes ``GatherBlockQuantized`` (int8, blocks of 128 along the hidden axis), so only gathered
-    rows are dequantised. MatMuls reading the same tensor (Q, K, V) share one quantisation and
-    become one wider kernel whose output is split back; the graph's shape arithmetic is folded
-    into constants first. Both cut the per-node overhead that dominates batch-1 latency.
+    Layout ``fused-bert`` (:mod:`embedrt.export._fused`): onnxruntime's BERT fusions, then
+    ``QAttention`` (Q/K/V projection in int8 and attention in one kernel) and
+    ``MatMulIntegerToFloat`` with int8 per-output-channel weights. Activations: static
+    per-tensor scales where the tensor is bounded by construction (LayerNorm outputs,
+    attention's context), per-token scales for the FFN-down input (GELU output). Static and
+    per-token scales both leave a sentence's vector independent of its batch (onnxruntime's
+    dynamic quantisation uses one scale per tensor, i.e. per batch). SmoothQuant-style
+    per-channel factors, calibrated on a few dozen sentences, move activation outliers into the
+    weights. The word-embedding table becomes ``GatherBlockQuantized`` (int8, blocks of 128
+    along the hidden axis), so only gathered rows are dequantised.
+
+    A graph onnxruntime's optimizer does not fuse falls back to layout ``per-token``: every
+    weight MatMul becomes ``MatMulIntegerToFloat`` fed by per-token quantisation
+    (``Abs -> ReduceMax -> Max(eps) -> Mul(1/127)`` and a blocked ``QuantizeLinear``); MatMuls
+    reading the same tensor (Q, K, V) share one quantisation and one wider kernel, and the
+    graph's shape arithmetic is folded into constants first.
 
 ``int8-edge``
     Size first: as ``int8`` but with a 4-bit embedding table (blocks of 32).
@@ -37,11 +42,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from embedrt.export import _fused
 from embedrt.export._simplify import evaluate_tensors, fold_shape_arithmetic
 
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("int8", "int8-edge", "int4-edge")
+LAYOUTS = ("fused-bert", "per-token")
 ISAS = ("avx512_vnni", "avx_vnni", "avx512", "avx2", "arm64")
 _VNNI_ISAS = ("avx512_vnni", "avx_vnni", "arm64")  # arm64: sdot/udot, no 16-bit saturation
 _EPS = 1e-8
@@ -109,11 +116,14 @@ class Recipe:
     kernel, which widens to 16 bits before multiplying and cannot saturate; ``weight_bits`` 7 is the
     other known mitigation (reduce_range: s8 codes in [-63, 63]) and measured less accurate.
     ``smoothing_alpha`` None disables SmoothQuant; it never applies to down-projection inputs
-    (K > N), where it measured worse. ``embedding_bits`` None keeps the word-embedding table fp32.
+    (K > N), where it measured worse. ``context_smoothing_alpha`` (``fused-bert`` only) is the
+    one for attention's context, folded into V. ``static_range_margin`` widens the calibrated
+    ranges of static scales. ``embedding_bits`` None keeps the word-embedding table fp32.
     """
 
     name: str
     target_isa: str
+    layout: str  # one of LAYOUTS; MatMulNBits recipes: "per-token"
     matmul_op: str
     weight_bits: int
     weight_granularity: str  # "per-channel" or "block-<n>" along K
@@ -124,6 +134,8 @@ class Recipe:
     smoothing_alpha: float | None
     embedding_bits: int | None
     embedding_block_size: int
+    context_smoothing_alpha: float | None = None
+    static_range_margin: float | None = None
     quantised_ops: tuple[str, ...] = ("MatMul",)
     exclude_nodes: tuple[str, ...] = field(default=())
 
@@ -166,13 +178,17 @@ def _isa_name(flags: Mapping[str, bool]) -> str:
     return "avx2"
 
 
-def recipe_for(variant: str, isa: str | None = None) -> Recipe:
+def recipe_for(variant: str, isa: str | None = None, layout: str = "fused-bert") -> Recipe:
     """Return the recipe for ``variant`` (one of :data:`VARIANTS`) on ``isa`` (None: this CPU).
 
+    ``layout`` picks the int8 graph layout (:data:`LAYOUTS`); ``int4-edge`` ignores it.
+
     Raises:
-        UnknownVariantError: ``variant`` is not in :data:`VARIANTS`.
+        UnknownVariantError: ``variant`` or ``layout`` is unknown.
         UnknownISAError: ``isa`` is not None and not in :data:`ISAS`.
     """
+    if layout not in LAYOUTS:
+        raise UnknownVariantError(f"layout {layout!r} is unknown; choose one of {', '.join(LAYOUTS)}.")
     if variant not in VARIANTS:
         raise UnknownVariantError(f"variant {variant!r} is unknown; choose one of {', '.join(VARIANTS)}.")
     if isa is None:
@@ -185,6 +201,7 @@ def recipe_for(variant: str, isa: str | None = None) -> Recipe:
         return Recipe(
             name=variant,
             target_isa=isa,
+            layout="per-token",
             matmul_op="MatMulNBits",
             weight_bits=4,
             weight_granularity="block-32",
@@ -198,20 +215,33 @@ def recipe_for(variant: str, isa: str | None = None) -> Recipe:
             quantised_ops=("MatMul", "Gather"),
         )
     edge = variant == "int8-edge"
-    return Recipe(
+    recipe = Recipe(
         name=variant,
         target_isa=isa,
+        layout="fused-bert",
         matmul_op="MatMulIntegerToFloat",
         weight_bits=8,
         weight_granularity="per-channel",
         weight_symmetric=True,
         weight_type="s8" if isa in _VNNI_ISAS else "u8",
-        activation_granularity="per-token",
+        activation_granularity="static per-tensor; per-token for the FFN-down input",
         accuracy_level=None,
-        smoothing_alpha=0.7,
+        # Chosen on the calibration and validation sentences (not STS-B): bench/int8_recipes.py.
+        smoothing_alpha=0.75,
+        context_smoothing_alpha=0.3,
+        static_range_margin=1.25,
         embedding_bits=4 if edge else 8,
         embedding_block_size=32 if edge else 128,
         quantised_ops=("MatMul", "Gather"),
+    )
+    return recipe if layout == "fused-bert" else per_token(recipe)
+
+
+def per_token(recipe: Recipe) -> Recipe:
+    """``recipe`` in the ``per-token`` layout (any graph; the fallback of ``fused-bert``)."""
+    return replace(
+        recipe, layout="per-token", activation_granularity="per-token", smoothing_alpha=0.7,
+        context_smoothing_alpha=None, static_range_margin=None,
     )
 
 
@@ -590,6 +620,16 @@ def _set_opsets(model: Any, recipe: Recipe) -> None:
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 
+def _fused_or_none(fp32_model: Path, unfused: dict[str, str]) -> tuple[Any, list[Any]] | None:
+    """The fused graph and its layers, or None (logged) when the graph does not fuse."""
+    try:
+        model = _fused.fuse(fp32_model)
+        return model, _fused.layers(model, unfused)
+    except _fused.NotFusable as err:
+        logger.warning("%s: falling back to the per-token int8 layout (%s)", fp32_model, err)
+        return None
+
+
 def quantize(
     fp32_model: Path,
     out_model: Path,
@@ -604,7 +644,10 @@ def quantize(
     when the recipe smooths activations; None tokenises :data:`DEFAULT_CALIBRATION_TEXTS` with the
     ``tokenizer.json`` beside ``fp32_model``.
 
-    The graph's shape arithmetic is folded into constants first (:mod:`embedrt.export._simplify`).
+    Layout ``fused-bert`` quantises onnxruntime's fused graph (:mod:`embedrt.export._fused`),
+    falling back to ``per-token`` (recorded in the returned recipe) when the graph does not fuse;
+    excluding any of a layer's Q/K/V keeps that layer's whole attention float. Layout
+    ``per-token`` folds the graph's shape arithmetic first (:mod:`embedrt.export._simplify`).
 
     Returns the manifest record: the recipe, counts of quantised MatMuls (and of the kernels they
     became: MatMuls sharing an input are merged) and Gather nodes, the names of eligible MatMuls
@@ -638,27 +681,48 @@ def quantize(
             f"{fp32_model} has no MatMul with a constant weight; nothing to quantise."
         )
     targets = [n for n in eligible if n.name not in excluded]
-    folded = fold_shape_arithmetic(model)
-    g = _Graph(model)
-    kernels = len(targets)
-    if recipe.matmul_op == "MatMulNBits":
-        _rewrite_nbits(g, targets, recipe)
+    if recipe.layout == "fused-bert":
+        fused = _fused_or_none(fp32_model, {n.name: n.input[0] for n in eligible})
+        if fused is None:
+            recipe = per_token(recipe)
+        else:
+            model, found = fused
+    folded = 0
+    if recipe.layout == "fused-bert":
+        g = _Graph(model)
+        if calibration is None:
+            calibration = calibration_feeds(fp32_model.parent / "tokenizer.json")
+        settings = _fused.FusedSettings(
+            recipe.weight_bits, recipe.weight_type, recipe.smoothing_alpha,
+            recipe.context_smoothing_alpha, recipe.static_range_margin or 1.0,
+        )
+        kernels, names = _fused.rewrite(g, found, settings, excluded, calibration)
+        quantised = set(names)
+        # Every MatMul the fused graph keeps in float, e.g. K and V when Q was excluded.
+        excluded = {n.name for n in eligible} - quantised
+        targets = [n for n in eligible if n.name in quantised]
     else:
-        smooth: dict[str, np.ndarray] = {}
-        if recipe.smoothing_alpha is not None and targets:
-            feeds = (
-                calibration
-                if calibration is not None
-                else calibration_feeds(fp32_model.parent / "tokenizer.json")
-            )
-            smooth = _smoothing(model, targets, recipe.smoothing_alpha, feeds)
-        kernels = _rewrite_per_token(g, targets, recipe, smooth)
+        folded = fold_shape_arithmetic(model)
+        g = _Graph(model)
+        kernels = len(targets)
+        if recipe.matmul_op == "MatMulNBits":
+            _rewrite_nbits(g, targets, recipe)
+        else:
+            smooth: dict[str, np.ndarray] = {}
+            if recipe.smoothing_alpha is not None and targets:
+                feeds = (
+                    calibration
+                    if calibration is not None
+                    else calibration_feeds(fp32_model.parent / "tokenizer.json")
+                )
+                smooth = _smoothing(model, targets, recipe.smoothing_alpha, feeds)
+            kernels = _rewrite_per_token(g, targets, recipe, smooth)
     gathers = _rewrite_embedding(g, recipe) if "Gather" in recipe.quantised_ops else 0
     g.commit()
     _set_opsets(model, recipe)
     out_model.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out_model))
-    logger.info("quantised %s -> %s with recipe %s", fp32_model, out_model, recipe.name)
+    logger.info("quantised %s -> %s with recipe %s (%s)", fp32_model, out_model, recipe.name, recipe.layout)
     return {
         "recipe": replace(recipe, exclude_nodes=tuple(sorted(excluded))).to_dict(),
         "quantised_matmuls": len(targets),

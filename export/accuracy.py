@@ -80,6 +80,8 @@ def search(
         if score < target:
             ranked = _rank_by_sensitivity(trial, candidates, score, on_trial)
             for node in ranked:
+                if node in record.get("fp32_matmuls", ()):
+                    continue  # already float with an earlier one (Q, K and V go together)
                 excluded.append(node)
                 score, record = trial.run(excluded)
                 on_trial(f"{len(excluded)} node(s) kept float: min cosine {score:.5f}")

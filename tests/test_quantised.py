@@ -60,17 +60,73 @@ def tiny_int8(tiny_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFa
 def test_recipe_matches_the_graph(tiny_int8: Path) -> None:
     recipe = Manifest.load(tiny_int8).recipe
     counts = _op_counts(tiny_int8 / "model.onnx")
+    assert recipe["recipe"]["layout"] == "fused-bert"
     assert recipe["quantised_matmuls"] == 12  # 2 layers x (Q, K, V, attention out, FFN in, FFN out)
-    # Q, K and V read the same tensor: one kernel per layer, split back into three.
+    # Per layer: QAttention (Q, K, V and attention in one kernel) and three MatMulIntegerToFloat.
     assert recipe["quantised_matmul_nodes"] == 8
-    assert counts.get("MatMulIntegerToFloat", 0) == recipe["quantised_matmul_nodes"]
-    assert counts.get("Split", 0) == 2
-    assert counts.get("QuantizeLinear", 0) == 8  # one per distinct input
+    assert counts.get("QAttention", 0) == 2
+    assert counts.get("MatMulIntegerToFloat", 0) == 6
+    assert counts.get("Attention", 0) == counts.get("MatMul", 0) == counts.get("Split", 0) == 0
+    # One quantisation per int8 kernel input: static for three, per-token (blocked) for FFN-down.
+    graph = onnx.load(str(tiny_int8 / "model.onnx")).graph
+    quantize = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert len(quantize) == 8
+    assert sum(any(a.name == "block_size" for a in n.attribute) for n in quantize) == 2
     assert recipe["graph_nodes"] == sum(counts.values())
     assert recipe["fp32_matmuls"] == []
     assert recipe["quantised_gathers"] == counts.get("GatherBlockQuantized", 0) == 1
-    assert recipe["recipe"]["activation_granularity"] == "per-token"
+    assert recipe["recipe"]["activation_granularity"] == "static per-tensor; per-token for the FFN-down input"
     assert Manifest.load(tiny_int8).parity["passed"] is True
+
+
+@pytest.mark.export
+def test_per_token_layout_matches_the_graph(tiny_sources: dict[str, Path], tmp_path: Path) -> None:
+    from embedrt.export import _quantize
+
+    fp32 = export_model(tiny_sources["bert"], tmp_path / "fp32", ExportOptions(variant="fp32"))
+    feeds = _quantize.calibration_feeds(
+        tmp_path / "fp32" / "tokenizer.json", max_seq_length=fp32.max_seq_length
+    )
+    recipe = _quantize.recipe_for("int8", layout="per-token")
+    record = _quantize.quantize(
+        tmp_path / "fp32" / "model.onnx", tmp_path / "pt.onnx", recipe, calibration=feeds
+    )
+    counts = _op_counts(tmp_path / "pt.onnx")
+    assert record["recipe"]["layout"] == "per-token"
+    assert record["recipe"]["activation_granularity"] == "per-token"
+    # Q, K and V read the same tensor: one kernel per layer, split back into three.
+    assert record["quantised_matmuls"] == 12 and record["quantised_matmul_nodes"] == 8
+    assert counts.get("MatMulIntegerToFloat", 0) == 8
+    assert counts.get("Split", 0) == 2
+    assert counts.get("QuantizeLinear", 0) == 8  # one per distinct input
+    assert record["graph_nodes"] == sum(counts.values())
+
+
+@pytest.mark.export
+def test_distilbert_fuses_and_stays_faithful(tiny_sources: dict[str, Path], tmp_path: Path) -> None:
+    manifest = export_model(tiny_sources["distilbert"], tmp_path / "d", ExportOptions(variant="int8"))
+    assert manifest.recipe["recipe"]["layout"] == "fused-bert"
+    assert _op_counts(tmp_path / "d" / "model.onnx").get("QAttention", 0) == 2
+    assert manifest.parity["passed"] is True
+    assert _invariance(Embedder.load(tmp_path / "d"), MIXED, (8, 32)) >= 0.99999
+
+
+@pytest.mark.export
+def test_graph_that_does_not_fuse_falls_back_to_per_token(
+    tiny_sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both in-test architectures fuse, so the optimizer's "no Attention found" is simulated.
+    from embedrt.export import _fused
+
+    def not_fusable(*args: Any) -> Any:
+        raise _fused.NotFusable("onnxruntime's optimizer fused no Attention node")
+
+    monkeypatch.setattr(_fused, "layers", not_fusable)
+    manifest = export_model(tiny_sources["bert"], tmp_path / "b", ExportOptions(variant="int8"))
+    assert manifest.recipe["recipe"]["layout"] == "per-token"
+    assert manifest.recipe["recipe"]["activation_granularity"] == "per-token"
+    assert _op_counts(tmp_path / "b" / "model.onnx").get("Split", 0) == 2
+    assert manifest.parity["passed"] is True
 
 
 @pytest.mark.export
@@ -121,7 +177,7 @@ def test_edge_variants_are_checked_artefacts(
                if n.op_type == "GatherBlockQuantized"]
     assert manifest.variant == variant and manifest.parity["passed"] is True
     assert recipe["recipe"]["matmul_op"] == matmul_op and recipe["quantised_matmuls"] == 12
-    assert counts.get(matmul_op, 0) == recipe["quantised_matmul_nodes"]
+    assert counts.get(matmul_op, 0) + counts.get("QAttention", 0) == recipe["quantised_matmul_nodes"]
     assert [a.i for g in gathers for a in g.attribute if a.name == "bits"] == [embedding_bits]
     # Both edge recipes quantise activations per row (or per row block): batch-invariant too.
     assert _invariance(Embedder.load(tmp_path / variant), MIXED, (8, 32)) >= 0.99999
@@ -165,8 +221,10 @@ def test_reachable_accuracy_target_keeps_sensitive_nodes_float(
     kept = manifest.recipe["fp32_matmuls"]
     counts = _op_counts(tmp_path / "acc" / "model.onnx")
     assert manifest.recipe["quantised_matmuls"] == 12 - len(kept)
-    assert counts.get("MatMulIntegerToFloat", 0) == manifest.recipe["quantised_matmul_nodes"]
-    assert counts.get("MatMul", 0) >= len(kept)  # attention's own MatMuls are there too
+    kernels = counts.get("MatMulIntegerToFloat", 0) + counts.get("QAttention", 0)
+    assert kernels == manifest.recipe["quantised_matmul_nodes"]
+    # A float attention keeps Q, K and V float (one fused Attention node).
+    assert counts.get("MatMul", 0) + 3 * counts.get("Attention", 0) == len(kept)
 
 
 # --- the real model --------------------------------------------------------------------------

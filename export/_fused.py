@@ -1,0 +1,440 @@
+"""The ``fused-bert`` int8 layout: onnxruntime's BERT fusions, then int8 kernels on their seams.
+
+onnxruntime's transformer optimizer turns each BERT layer into ``Attention``, three MatMuls,
+``BiasGelu`` and two ``SkipLayerNormalization`` nodes. This module quantises that graph:
+
+* ``Attention`` becomes ``QAttention``: the Q/K/V projection runs as one int8 GEMM and the
+  attention itself in the same kernel, head by head (no 100 MB score tensors between nodes).
+* The attention-output and FFN-up MatMuls become ``MatMulIntegerToFloat`` with the bias fused.
+* Their inputs, and the attention input, have *static* per-tensor scales from calibration: each
+  is a LayerNorm output (bounded per token by construction) or attention's context (a convex
+  combination of V rows), so a fixed range holds them; ``static_range_margin`` widens the
+  calibrated range because clipping costs far more fidelity than resolution does.
+  ``QAttention`` only takes a per-tensor input scale, so per-token scales are not an option here.
+* The FFN-down input (GELU output, unbounded, with outliers) keeps *per-token* scales:
+  ``ReduceMax -> Mul -> Max`` and a blocked ``QuantizeLinear``. GELU is never below -0.17, so
+  the zero point is 16 and the positive range gets 239 of the 255 steps.
+* SmoothQuant factors move activation outliers into the weights: for the attention and FFN-up
+  inputs as an explicit ``Mul`` (their tensor also feeds the residual), for attention's context
+  folded into V's weights and bias (the context is linear in V's columns).
+* ``SkipLayerNormalization`` (slow in onnxruntime's CPU kernel: 8.8 vs 3.3 ms for Add +
+  LayerNormalization at 32 x 256 x 384) becomes ``Add``/``Sum`` + ``LayerNormalization``.
+
+Every scale is static or per token, so a sentence's vector does not depend on its batch.
+A graph the optimizer does not fuse (no ``Attention`` nodes) raises :class:`NotFusable`; the
+caller falls back to the per-token layout.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GELU_MIN = 0.17  # min over x of x * Phi(x) is -0.16997, at x = -0.7518
+DOWN_ZERO_POINT = 16  # 16 steps hold [-0.17, 0] whenever the scale is >= 0.17 / 16
+
+
+class NotFusable(Exception):
+    """onnxruntime's optimizer did not produce the BERT layer pattern this layout needs."""
+
+
+@dataclass
+class _Layer:
+    attention: Any
+    out: Any  # attention-output dense MatMul
+    skip1: Any  # SkipLayerNormalization after it
+    inter: Any  # FFN-up MatMul
+    gelu: Any  # BiasGelu
+    down: Any  # FFN-down MatMul
+    skip2: Any
+    qkv_names: tuple[str, ...]  # the unfused graph's Q/K/V MatMul names
+
+
+def fuse(fp32_model: Path) -> Any:
+    """onnxruntime's BERT fusions on ``fp32_model``, embeddings left unfused; returns the ModelProto.
+
+    The word-embedding Gather stays a Gather so it can be quantised; the attention mask becomes
+    per-sequence lengths (``ReduceSum``), which holds because embedrt always pads on the right.
+    """
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    options.enable_embed_layer_norm = False
+    # num_heads/hidden_size 0: read from the graph. opt_level 0: onnxruntime's own graph
+    # optimisations run at load, not baked into the file.
+    fused = optimize_model(
+        str(fp32_model),
+        model_type="bert",
+        num_heads=0,
+        hidden_size=0,
+        opt_level=0,
+        use_gpu=False,
+        optimization_options=options,
+    )
+    return fused.model
+
+
+def layers(model: Any, unfused_matmuls: Mapping[str, str]) -> list[_Layer]:
+    """The fused graph's BERT layers, in order.
+
+    ``unfused_matmuls`` maps each unfused weight MatMul's name to the tensor it reads; the
+    three that read an ``Attention`` node's input are that layer's Q/K/V.
+
+    Raises:
+        NotFusable: no Attention node, or a layer that is not Attention -> MatMul ->
+            SkipLayerNormalization -> MatMul -> BiasGelu -> MatMul -> SkipLayerNormalization.
+    """
+    readers: dict[str, list[Any]] = collections.defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name].append(node)
+
+    def only(tensor: str, op: str) -> Any:
+        found = [n for n in readers[tensor] if n.op_type == op]
+        if len(found) != 1:
+            raise NotFusable(f"expected one {op} reading {tensor}, found {len(found)}")
+        return found[0]
+
+    found = []
+    for attention in (n for n in model.graph.node if n.op_type == "Attention"):
+        out = only(attention.output[0], "MatMul")
+        skip1 = only(out.output[0], "SkipLayerNormalization")
+        inter = only(skip1.output[0], "MatMul")
+        gelu = only(inter.output[0], "BiasGelu")
+        down = only(gelu.output[0], "MatMul")
+        skip2 = only(down.output[0], "SkipLayerNormalization")
+        if len(skip1.input) < 5 or len(skip2.input) < 5 or len(attention.input) < 4:
+            raise NotFusable("a SkipLayerNormalization without bias or an Attention without mask")
+        qkv = tuple(name for name, x in unfused_matmuls.items() if x == attention.input[0])
+        if len(qkv) != 3:
+            raise NotFusable(f"{attention.name}: cannot tell which MatMuls were its Q/K/V")
+        layer = _Layer(attention, out, skip1, inter, gelu, down, skip2, qkv)
+        if not all(n.name for n in (attention, out, skip1, inter, gelu, down, skip2)):
+            raise NotFusable(f"{attention.name or 'an Attention'}: a node of its layer has no name")
+        found.append(layer)
+    if not found:
+        raise NotFusable("onnxruntime's optimizer fused no Attention node")
+    return found
+
+
+@dataclass(frozen=True)
+class FusedSettings:
+    """The recipe's numbers this layout uses."""
+
+    weight_bits: int
+    weight_type: str  # "s8" or "u8"
+    alpha: float | None  # smoothing of the attention and FFN-up inputs
+    context_alpha: float | None  # smoothing of attention's context (folded into V)
+    margin: float  # static ranges: calibrated range times this
+
+
+def rewrite(
+    g: Any,
+    found: Sequence[_Layer],
+    settings: FusedSettings,
+    excluded: set[str],
+    feeds: Sequence[Mapping[str, np.ndarray]],
+) -> tuple[int, list[str]]:
+    """Quantise ``found`` layers of the fused graph held by ``g`` (an ``_quantize._Graph``).
+
+    ``excluded`` holds unfused MatMul names to keep float: any of a layer's Q/K/V keeps its
+    whole Attention float. Returns (int8 kernels written, names of the MatMuls quantised).
+    """
+    from embedrt.export._simplify import evaluate_tensors
+
+    stats = _ranges(
+        evaluate_tensors(
+            g.model,
+            sorted({t for L in found for t in (L.attention.input[0], L.out.input[0], L.inter.input[0])}),
+            feeds,
+        )
+    )
+    kernels, quantised = 0, []
+    down_zp: str | None = None
+    for index, layer in enumerate(found):
+        p = f"q{index}/"
+        keep_attention = bool(excluded & set(layer.qkv_names))
+        keep = {n for n in (layer.out.name, layer.inter.name, layer.down.name) if n in excluded}
+        wo = g.inits[layer.out.input[1]].astype(np.float32)
+        s_out = _smoothing(stats[layer.out.input[0]], wo, settings.context_alpha)
+        if layer.out.name in keep:
+            s_out = np.ones_like(s_out)
+        # Attention's context is linear in V's columns: fold 1/s_out into V's weights and bias.
+        wqkv = g.inits[layer.attention.input[1]].astype(np.float32).copy()
+        bqkv = g.inits[layer.attention.input[2]].astype(np.float32).copy()
+        hidden = wo.shape[0]
+        wqkv[:, 2 * hidden :] /= s_out
+        bqkv[2 * hidden :] /= s_out
+        if keep_attention:
+            g.replace[layer.attention.name] = [
+                _copy(
+                    layer.attention,
+                    [
+                        layer.attention.input[0],
+                        g.const(p + "wqkv", wqkv),
+                        g.const(p + "bqkv", bqkv),
+                        *layer.attention.input[3:],
+                    ],
+                )
+            ]
+        else:
+            g.replace[layer.attention.name] = _qattention(
+                g, layer.attention, wqkv, bqkv, stats[layer.attention.input[0]], settings, p
+            )
+            kernels += 1
+            quantised += list(layer.qkv_names)
+        out_bias = layer.skip1.input[4]
+        if layer.out.name in keep:
+            g.replace[layer.skip1.name] = _add_layernorm(
+                layer.skip1, [layer.out.output[0], out_bias], p + "ln1"
+            )
+        else:
+            q, scale, zp, nodes = _static_quant(
+                g, layer.out.input[0], stats[layer.out.input[0]], s_out, None, settings.margin, p + "out/"
+            )
+            g.replace[layer.out.name] = nodes + [
+                _mif(
+                    g, q, wo * s_out[:, None], scale, zp, settings, p + "out/", layer.out.output[0], out_bias
+                )
+            ]
+            g.replace[layer.skip1.name] = _add_layernorm(layer.skip1, [layer.out.output[0]], p + "ln1")
+            kernels += 1
+            quantised.append(layer.out.name)
+        if layer.inter.name not in keep:
+            wi = g.inits[layer.inter.input[1]].astype(np.float32)
+            s_in = _smoothing(stats[layer.inter.input[0]], wi, settings.alpha)
+            q, scale, zp, nodes = _static_quant(
+                g,
+                layer.inter.input[0],
+                stats[layer.inter.input[0]],
+                s_in,
+                s_in,
+                settings.margin,
+                p + "inter/",
+            )
+            g.replace[layer.inter.name] = nodes + [
+                _mif(g, q, wi * s_in[:, None], scale, zp, settings, p + "inter/", layer.inter.output[0], None)
+            ]
+            kernels += 1
+            quantised.append(layer.inter.name)
+        if layer.down.name in keep:
+            g.replace[layer.skip2.name] = _add_layernorm(
+                layer.skip2, [layer.down.output[0], layer.skip2.input[4]], p + "ln2"
+            )
+        else:
+            nodes, down_zp = _down(g, layer.down, settings, p + "down/", down_zp)
+            g.replace[layer.down.name] = nodes
+            g.replace[layer.skip2.name] = _add_layernorm(
+                layer.skip2, [layer.down.output[0], layer.skip2.input[4]], p + "ln2"
+            )
+            kernels += 1
+            quantised.append(layer.down.name)
+    return kernels, quantised
+
+
+class _Range:
+    def __init__(self) -> None:
+        self.low: np.ndarray | None = None
+        self.high: np.ndarray | None = None
+
+    def add(self, values: np.ndarray) -> None:
+        rows = values.reshape(-1, values.shape[-1])
+        low, high = rows.min(0), rows.max(0)
+        self.low = low if self.low is None else np.minimum(self.low, low)
+        self.high = high if self.high is None else np.maximum(self.high, high)
+
+    @property
+    def absmax(self) -> np.ndarray:
+        assert self.low is not None and self.high is not None
+        return np.maximum(np.abs(self.low), np.abs(self.high))
+
+
+def _ranges(evaluated: Sequence[Mapping[str, np.ndarray]]) -> dict[str, _Range]:
+    ranges: dict[str, _Range] = collections.defaultdict(_Range)
+    for values in evaluated:
+        for name, value in values.items():
+            ranges[name].add(value)
+    return ranges
+
+
+def _smoothing(stat: _Range, weight: np.ndarray, alpha: float | None) -> np.ndarray:
+    """SmoothQuant factors s_k = a_k^alpha / w_k^(1-alpha) (ones when alpha is None)."""
+    if alpha is None:
+        return np.ones(weight.shape[0], np.float32)
+    wmax = np.maximum(np.abs(weight).max(1), 1e-5)
+    return np.clip(stat.absmax**alpha / wmax ** (1 - alpha), 1e-2, 1e2).astype(np.float32)
+
+
+def _static_quant(
+    g: Any, x: str, stat: _Range, smooth: np.ndarray, explicit: np.ndarray | None, margin: float, p: str
+) -> tuple[str, str, str, list[Any]]:
+    """u8 quantisation of ``x / smooth`` with a static asymmetric per-tensor range.
+
+    ``explicit`` (the smoothing factors) adds the division as a Mul; None means it is already
+    folded upstream. Returns (quantised tensor, scale, zero point, nodes).
+    """
+    from onnx import helper
+
+    assert stat.low is not None and stat.high is not None
+    low = min(0.0, float((stat.low / smooth).min())) * margin
+    high = max(0.0, float((stat.high / smooth).max())) * margin
+    scale = max(high - low, 1e-8) / 255
+    zero_point = int(np.clip(round(-low / scale), 0, 255))
+    nodes = []
+    if explicit is not None:
+        nodes.append(
+            helper.make_node(
+                "Mul",
+                [x, g.const(p + "inv_smooth", (1 / explicit).astype(np.float32))],
+                [p + "xs"],
+                name=p + "smooth",
+            )
+        )
+        x = p + "xs"
+    scale_name = g.const(p + "scale", np.array(scale, np.float32))
+    zp_name = g.const(p + "zp", np.array(zero_point, np.uint8))
+    nodes.append(helper.make_node("QuantizeLinear", [x, scale_name, zp_name], [p + "q"], name=p + "quant"))
+    return p + "q", scale_name, zp_name, nodes
+
+
+def _weights(w: np.ndarray, settings: FusedSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-output-column symmetric int8 weights: (codes, scales, zero points)."""
+    from embedrt.export._quantize import _int8_weight
+
+    codes, scales = _int8_weight(w, settings.weight_bits)
+    if settings.weight_type == "u8":  # u8 x u8 kernel: no 16-bit saturation without VNNI
+        return (codes.astype(np.int16) + 128).astype(np.uint8), scales, np.full(codes.shape[1], 128, np.uint8)
+    return codes, scales, np.zeros(codes.shape[1], np.int8)
+
+
+def _mif(
+    g: Any,
+    q: str,
+    w: np.ndarray,
+    a_scale: str,
+    a_zp: str,
+    settings: FusedSettings,
+    p: str,
+    out: str,
+    bias: str | None,
+) -> Any:
+    from onnx import helper
+
+    codes, scales, zps = _weights(w, settings)
+    inputs = [q, g.const(p + "w", codes), a_scale, g.const(p + "ws", scales), a_zp, g.const(p + "wzp", zps)]
+    if bias is not None:
+        inputs.append(bias)
+    return helper.make_node("MatMulIntegerToFloat", inputs, [out], name=p + "int8", domain="com.microsoft")
+
+
+def _qattention(
+    g: Any, node: Any, wqkv: np.ndarray, bqkv: np.ndarray, stat: _Range, settings: FusedSettings, p: str
+) -> list[Any]:
+    from onnx import helper
+
+    smooth = _smoothing(stat, wqkv, settings.alpha)
+    q, scale, zp, nodes = _static_quant(g, node.input[0], stat, smooth, smooth, settings.margin, p + "qkv/")
+    codes, scales, zps = _weights(wqkv * smooth[:, None], settings)
+    heads = next(a.i for a in node.attribute if a.name == "num_heads")
+    inputs = [
+        q,
+        g.const(p + "wqkv_q", codes),
+        g.const(p + "bqkv", bqkv),
+        scale,
+        g.const(p + "wqkv_s", scales),
+        node.input[3],
+        zp,
+        g.const(p + "wqkv_zp", zps),
+    ]
+    return nodes + [
+        helper.make_node(
+            "QAttention",
+            inputs,
+            list(node.output[:1]),
+            name=p + "qattention",
+            domain="com.microsoft",
+            num_heads=heads,
+        )
+    ]
+
+
+def _down(g: Any, node: Any, settings: FusedSettings, p: str, zp: str | None) -> tuple[list[Any], str]:
+    """Per-token quantisation of the GELU output (zero point 16) and the int8 MatMul, row-scaled."""
+    from onnx import helper
+
+    k = g.inits[node.input[1]].shape[0]
+    x = node.input[0]
+    nodes = [
+        helper.make_node(
+            "ReduceMax", [x, g.const("down_axes", np.array([-1], np.int64))], [p + "max"], name=p + "max"
+        ),
+        helper.make_node(
+            "Mul",
+            [p + "max", g.const("down_inv", np.array(1 / (255 - DOWN_ZERO_POINT), np.float32))],
+            [p + "scale0"],
+            name=p + "scale0",
+        ),
+        helper.make_node(
+            "Max",
+            [p + "scale0", g.const("down_floor", np.array(GELU_MIN / DOWN_ZERO_POINT, np.float32))],
+            [p + "scale"],
+            name=p + "scale",
+        ),
+    ]
+    if zp is None:  # a blocked QuantizeLinear wants a zero point shaped like its scale
+        zp = "down_zp"
+        nodes += [
+            helper.make_node("Shape", [p + "scale"], ["down_scale_shape"], name="down_scale_shape"),
+            helper.make_node(
+                "Expand",
+                [g.const("down_zp_value", np.array([DOWN_ZERO_POINT], np.uint8)), "down_scale_shape"],
+                [zp],
+                name="down_zp",
+            ),
+        ]
+    nodes.append(
+        helper.make_node(
+            "QuantizeLinear", [x, p + "scale", zp], [p + "q"], name=p + "quant", axis=-1, block_size=k
+        )
+    )
+    one = g.const("down_one", np.array(1.0, np.float32))
+    a_zp = g.const("down_azp", np.array(DOWN_ZERO_POINT, np.uint8))
+    mif = _mif(g, p + "q", g.inits[node.input[1]].astype(np.float32), one, a_zp, settings, p, p + "y", None)
+    nodes += [mif, helper.make_node("Mul", [p + "y", p + "scale"], list(node.output), name=p + "row_scale")]
+    return nodes, zp
+
+
+def _add_layernorm(skip: Any, terms: list[str], name: str) -> list[Any]:
+    """SkipLayerNormalization(input, skip, gamma, beta[, bias]) as Add/Sum + LayerNormalization."""
+    from onnx import helper
+
+    eps = next((a.f for a in skip.attribute if a.name == "epsilon"), 1e-12)
+    summed = name + "_sum"
+    add = helper.make_node(
+        "Sum" if len(terms) > 1 else "Add", [*terms, skip.input[1]], [summed], name=name + "_add"
+    )
+    return [
+        add,
+        helper.make_node(
+            "LayerNormalization",
+            [summed, skip.input[2], skip.input[3]],
+            [skip.output[0]],
+            name=name,
+            axis=-1,
+            epsilon=eps,
+        ),
+    ]
+
+
+def _copy(node: Any, inputs: list[str]) -> Any:
+    from onnx import helper
+
+    copy = helper.make_node(node.op_type, inputs, list(node.output), name=node.name, domain=node.domain)
+    copy.attribute.extend(node.attribute)
+    return copy
