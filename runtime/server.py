@@ -100,6 +100,7 @@ class ServerState:
             embedder = Embedder.load(
                 self.config.model_dir, threads=self.config.threads,
                 pad_to_multiple_of=self.config.pad_to_multiple_of,
+                spin=False,  # the event loop and tokenisation share these CPUs
             )
         except Exception as err:  # ArtefactError, or onnxruntime refusing the graph
             self.load_error = f"{type(err).__name__}: {err}"

@@ -83,6 +83,32 @@ def test_padding_to_a_multiple_changes_nothing(artefact: Path) -> None:
     np.testing.assert_allclose(bucketed, plain, atol=2e-6)
 
 
+def test_token_budget_splits_batches_without_changing_results(
+    artefact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = [f"{'word ' * (3 * i)}end" for i in range(12)]
+    whole = Embedder.load(artefact, max_batch_tokens=10_000).embed(texts, batch_size=12)
+    embedder = Embedder.load(artefact, max_batch_tokens=40)
+    calls: list[tuple[int, int]] = []
+    run = embedder.embed_encodings
+
+    def counted(encodings):  # type: ignore[no-untyped-def]
+        calls.append((len(encodings), max(len(e.ids) for e in encodings)))
+        return run(encodings)
+
+    monkeypatch.setattr(embedder, "embed_encodings", counted)
+    split = embedder.embed(texts, batch_size=12)
+    np.testing.assert_allclose(split, whole, atol=2e-6)
+    assert sum(rows for rows, _ in calls) == len(texts) and len(calls) > 1
+    # Equal row counts of about the budget: never more than one row over it.
+    assert all(rows == 1 or (rows - 1) * width <= 40 for rows, width in calls)
+
+
+def test_bad_token_budget_is_rejected(tiny_bert: Path) -> None:
+    with pytest.raises(ValueError, match="max_batch_tokens must be a positive integer, got 0"):
+        Embedder.load(tiny_bert, max_batch_tokens=0)
+
+
 def test_graph_without_token_type_ids(tiny_distilbert: Path) -> None:
     embedder = Embedder.load(tiny_distilbert)
     assert "token_type_ids" not in embedder.manifest.inputs
