@@ -84,13 +84,15 @@ def search(
                     continue  # already float with an earlier one (Q, K and V go together)
                 excluded.append(node)
                 score, record = trial.run(excluded)
-                on_trial(f"{len(excluded)} node(s) kept float: min cosine {score:.5f}")
+                kept = len(record.get("fp32_matmuls", excluded))
+                on_trial(f"{kept} of {len(candidates)} nodes kept float: min cosine {score:.5f}")
                 if score >= target:
                     break
         if score < target:
             raise AccuracyTargetError(
                 f"no recipe reaches min cosine {target} on the calibration sentences: the best, "
-                f"with {len(excluded)} of {len(candidates)} quantisable nodes left in float, "
+                f"with {len(record.get('fp32_matmuls', excluded))} of {len(candidates)} quantisable "
+                "nodes left in float, "
                 f"reached {score:.5f}. Lower --min-cosine or choose a float variant."
             )
         shutil.copyfile(trial.out, staging / MODEL_FILE)
