@@ -262,6 +262,24 @@ def quantizable_nodes(fp32_model: Path) -> list[str]:
     return [n.name for n in _weight_matmuls(graph)]
 
 
+def search_candidates(fp32_model: Path, recipe: Recipe) -> list[str]:
+    """The MatMuls an accuracy search may keep float, as :func:`quantizable_nodes` names them.
+
+    In the ``fused-bert`` layout the MatMuls reading one tensor (Q, K, V) are quantised or
+    kept float together, so only the first of each such group is a candidate.
+    """
+    import onnx
+
+    graph = onnx.load(str(fp32_model), load_external_data=False).graph
+    nodes = _weight_matmuls(graph)
+    if recipe.layout != "fused-bert":
+        return [n.name for n in nodes]
+    first: dict[str, str] = {}
+    for n in nodes:
+        first.setdefault(n.input[0], n.name)
+    return [n.name for n in nodes if first[n.input[0]] == n.name]
+
+
 def calibration_feeds(
     tokenizer_json: Path, texts: Sequence[str] = DEFAULT_CALIBRATION_TEXTS, max_seq_length: int = 256
 ) -> list[dict[str, np.ndarray]]:

@@ -61,7 +61,7 @@ def search(
 
     Args:
         staging: an artefact directory holding the fp32 ``model.onnx``, tokenizer and manifest.
-        candidates: the quantisable node names.
+        candidates: the MatMul names the search may keep float (``search_candidates``).
         quantize: ``quantize(fp32_model, out_model, exclude_nodes) -> record``.
         reference: torch embeddings of :func:`calibration_sentences`.
         target: minimum per-sentence cosine to reach on the calibration sentences.
@@ -75,7 +75,8 @@ def search(
         shutil.copyfile(staging / MODEL_FILE, fp32)
         trial = _Trial(staging, fp32, Path(scratch), quantize, sentences, reference)
         score, record = trial.run(())
-        on_trial(f"all {len(candidates)} nodes quantised: min cosine {score:.5f} (target {target})")
+        total = int(record.get("quantised_matmuls", len(candidates)))
+        on_trial(f"all {total} MatMuls quantised: min cosine {score:.5f} (target {target})")
         excluded: list[str] = []
         if score < target:
             ranked = _rank_by_sensitivity(trial, candidates, score, on_trial)
@@ -85,15 +86,14 @@ def search(
                 excluded.append(node)
                 score, record = trial.run(excluded)
                 kept = len(record.get("fp32_matmuls", excluded))
-                on_trial(f"{kept} of {len(candidates)} nodes kept float: min cosine {score:.5f}")
+                on_trial(f"{kept} of {total} MatMuls kept float: min cosine {score:.5f}")
                 if score >= target:
                     break
         if score < target:
             raise AccuracyTargetError(
                 f"no recipe reaches min cosine {target} on the calibration sentences: the best, "
-                f"with {len(record.get('fp32_matmuls', excluded))} of {len(candidates)} quantisable "
-                "nodes left in float, "
-                f"reached {score:.5f}. Lower --min-cosine or choose a float variant."
+                f"with {len(record.get('fp32_matmuls', excluded))} of {total} quantisable MatMuls "
+                f"left in float, reached {score:.5f}. Lower --min-cosine or choose a float variant."
             )
         shutil.copyfile(trial.out, staging / MODEL_FILE)
     return SearchResult(tuple(excluded), score, record, trial.count)

@@ -60,7 +60,7 @@ def quantise_variant(
             shutil.copyfile(fp32, staging / MODEL_FILE)  # search starts from the fp32 graph
             reference = reference_embeddings(source, sentences)
             result = search(
-                staging, _quantize.quantizable_nodes(fp32), quantize, reference,
+                staging, _quantize.search_candidates(fp32, recipe), quantize, reference,
                 options.min_cosine, on_trial=step,
             )
             record = result.record
