@@ -42,8 +42,8 @@ VARIANTS: dict[str, Variant] = {
         # Quantised variants: per-sentence cosine is the gate; element differences follow.
         Variant(
             "int8",
-            "int8 MatMuls with per-token activation scales (batch-invariant) and an int8 "
-            "embedding table; the default for CPU serving",
+            "int8 kernels on onnxruntime's fused BERT graph, batch-invariant static and "
+            "per-token activation scales, an int8 embedding table; the default for CPU serving",
             0.99, 0.05, build="quantised",
         ),
         Variant(
