@@ -101,6 +101,7 @@ def layers(model: Any, unfused_matmuls: Mapping[str, str]) -> list[_Layer]:
             raise NotFusable(f"expected one {op} reading {tensor}, found {len(found)}")
         return found[0]
 
+    inits = {i.name: i for i in model.graph.initializer}
     found = []
     for attention in (n for n in model.graph.node if n.op_type == "Attention"):
         out = only(attention.output[0], "MatMul")
@@ -109,18 +110,52 @@ def layers(model: Any, unfused_matmuls: Mapping[str, str]) -> list[_Layer]:
         gelu = only(inter.output[0], "BiasGelu")
         down = only(gelu.output[0], "MatMul")
         skip2 = only(down.output[0], "SkipLayerNormalization")
-        if len(skip1.input) < 5 or len(skip2.input) < 5 or len(attention.input) < 4:
-            raise NotFusable("a SkipLayerNormalization without bias or an Attention without mask")
-        qkv = tuple(name for name, x in unfused_matmuls.items() if x == attention.input[0])
-        if len(qkv) != 3:
-            raise NotFusable(f"{attention.name}: cannot tell which MatMuls were its Q/K/V")
+        qkv = _qkv_names(attention, unfused_matmuls)
         layer = _Layer(attention, out, skip1, inter, gelu, down, skip2, qkv)
-        if not all(n.name for n in (attention, out, skip1, inter, gelu, down, skip2)):
-            raise NotFusable(f"{attention.name or 'an Attention'}: a node of its layer has no name")
+        _check(layer, inits, unfused_matmuls)
         found.append(layer)
     if not found:
         raise NotFusable("onnxruntime's optimizer fused no Attention node")
     return found
+
+
+# Attention attributes QAttention reproduces: num_heads; the mask value only as "masked
+# weights are exactly 0", which its default of -10000 also gives; unidirectional only when 0.
+_ATTENTION_ATTRIBUTES = {"num_heads", "mask_filter_value", "unidirectional"}
+
+
+def _qkv_names(attention: Any, unfused_matmuls: Mapping[str, str]) -> tuple[str, ...]:
+    qkv = tuple(name for name, x in unfused_matmuls.items() if x == attention.input[0])
+    if len(qkv) != 3:
+        raise NotFusable(f"{attention.name}: cannot tell which MatMuls were its Q/K/V")
+    return qkv
+
+
+def _check(layer: _Layer, inits: Mapping[str, Any], unfused_matmuls: Mapping[str, str]) -> None:
+    """Raise NotFusable unless ``layer`` is exactly what :func:`rewrite` knows how to quantise."""
+    from onnx import helper
+
+    a = layer.attention
+    nodes = (a, layer.out, layer.skip1, layer.inter, layer.gelu, layer.down, layer.skip2)
+    if not all(n.name for n in nodes):
+        raise NotFusable(f"{a.name or 'an Attention'}: a node of its layer has no name")
+    attributes = {x.name: helper.get_attribute_value(x) for x in a.attribute}
+    if set(attributes) - _ATTENTION_ATTRIBUTES or attributes.get("unidirectional", 0) != 0:
+        raise NotFusable(f"{a.name}: attributes {sorted(attributes)} are more than QAttention reproduces")
+    if attributes.get("mask_filter_value", -10000.0) > -10000.0:
+        raise NotFusable(f"{a.name}: a mask value above -10000 leaves masked weights non-zero")
+    if len(a.input) != 4 or a.input[1] not in inits or a.input[2] not in inits:
+        raise NotFusable(f"{a.name}: expected (input, constant weights, constant bias, mask) only")
+    width = inits[layer.out.input[1]].dims[0] if layer.out.input[1] in inits else -1
+    if inits[a.input[1]].dims[1] != 3 * width:
+        raise NotFusable(f"{a.name}: Q, K and V widths differ from the attention output's input")
+    for matmul, skip in ((layer.out, layer.skip1), (layer.down, layer.skip2)):
+        outputs = [o for o in skip.output if o]
+        if len(skip.input) < 5 or skip.input[0] != matmul.output[0] or len(outputs) != 1:
+            raise NotFusable(f"{skip.name}: not SkipLayerNormalization(MatMul output, skip, bias)")
+    for matmul in (layer.out, layer.inter, layer.down):
+        if matmul.name not in unfused_matmuls or matmul.input[1] not in inits:
+            raise NotFusable(f"{matmul.name}: not one of the unfused graph's weight MatMuls")
 
 
 @dataclass(frozen=True)

@@ -240,7 +240,8 @@ def recipe_for(variant: str, isa: str | None = None, layout: str = "fused-bert")
 def per_token(recipe: Recipe) -> Recipe:
     """``recipe`` in the ``per-token`` layout (any graph; the fallback of ``fused-bert``)."""
     return replace(
-        recipe, layout="per-token", activation_granularity="per-token", smoothing_alpha=0.7,
+        recipe, layout="per-token", activation_granularity="per-token",
+        smoothing_alpha=None if recipe.smoothing_alpha is None else 0.7,
         context_smoothing_alpha=None, static_range_margin=None,
     )
 
@@ -272,8 +273,9 @@ def search_candidates(fp32_model: Path, recipe: Recipe) -> list[str]:
 
     graph = onnx.load(str(fp32_model), load_external_data=False).graph
     nodes = _weight_matmuls(graph)
-    if recipe.layout != "fused-bert":
-        return [n.name for n in nodes]
+    unfused = {n.name: n.input[0] for n in nodes}
+    if recipe.layout != "fused-bert" or _fused_or_none(fp32_model, unfused) is None:
+        return [n.name for n in nodes]  # the per-token layout keeps each MatMul float on its own
     first: dict[str, str] = {}
     for n in nodes:
         first.setdefault(n.input[0], n.name)
@@ -638,6 +640,15 @@ def _set_opsets(model: Any, recipe: Recipe) -> None:
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 
+def _default_calibration(fp32_model: Path) -> list[dict[str, np.ndarray]]:
+    """:data:`DEFAULT_CALIBRATION_TEXTS` at the length limit of the manifest beside the model."""
+    import json
+
+    manifest = fp32_model.parent / "manifest.json"
+    limit = json.loads(manifest.read_text())["max_seq_length"] if manifest.is_file() else 256
+    return calibration_feeds(fp32_model.parent / "tokenizer.json", max_seq_length=limit)
+
+
 def _fused_or_none(fp32_model: Path, unfused: dict[str, str]) -> tuple[Any, list[Any]] | None:
     """The fused graph and its layers, or None (logged) when the graph does not fuse."""
     try:
@@ -658,9 +669,10 @@ def quantize(
     """Quantise ``fp32_model`` with ``recipe`` into ``out_model`` (one file, no external data).
 
     ``exclude_nodes`` (and ``recipe.exclude_nodes``) name MatMuls to keep in fp32, as listed by
-    :func:`quantizable_nodes`. ``calibration`` is a list of graph feeds (batch 1, unpadded), used only
-    when the recipe smooths activations; None tokenises :data:`DEFAULT_CALIBRATION_TEXTS` with the
-    ``tokenizer.json`` beside ``fp32_model``.
+    :func:`quantizable_nodes`. ``calibration`` is a list of graph feeds (batch 1, unpadded) for the
+    static ranges and smoothing factors; None tokenises :data:`DEFAULT_CALIBRATION_TEXTS` with the
+    ``tokenizer.json`` beside ``fp32_model``, at the ``max_seq_length`` of the manifest beside it
+    (256 without one).
 
     Layout ``fused-bert`` quantises onnxruntime's fused graph (:mod:`embedrt.export._fused`),
     falling back to ``per-token`` (recorded in the returned recipe) when the graph does not fuse;
@@ -709,7 +721,7 @@ def quantize(
     if recipe.layout == "fused-bert":
         g = _Graph(model)
         if calibration is None:
-            calibration = calibration_feeds(fp32_model.parent / "tokenizer.json")
+            calibration = _default_calibration(fp32_model)
         settings = _fused.FusedSettings(
             recipe.weight_bits, recipe.weight_type, recipe.smoothing_alpha,
             recipe.context_smoothing_alpha, recipe.static_range_margin or 1.0,
@@ -731,7 +743,7 @@ def quantize(
                 feeds = (
                     calibration
                     if calibration is not None
-                    else calibration_feeds(fp32_model.parent / "tokenizer.json")
+                    else _default_calibration(fp32_model)
                 )
                 smooth = _smoothing(model, targets, recipe.smoothing_alpha, feeds)
             kernels = _rewrite_per_token(g, targets, recipe, smooth)

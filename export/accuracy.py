@@ -75,7 +75,7 @@ def search(
         shutil.copyfile(staging / MODEL_FILE, fp32)
         trial = _Trial(staging, fp32, Path(scratch), quantize, sentences, reference)
         score, record = trial.run(())
-        total = int(record.get("quantised_matmuls", len(candidates)))
+        total = int(record.get("quantised_matmuls", len(candidates))) + len(record.get("fp32_matmuls", ()))
         on_trial(f"all {total} MatMuls quantised: min cosine {score:.5f} (target {target})")
         excluded: list[str] = []
         if score < target:

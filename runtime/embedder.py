@@ -174,16 +174,21 @@ class Embedder:
         order = np.argsort(lengths, kind="stable")
         for start in range(0, len(order), size):
             batch = order[start : start + size]
-            for rows in self._calls(batch, int(lengths[batch[-1]])):
+            for rows in self._calls(batch, self._padded_width(int(lengths[batch[-1]]))):
                 vectors[rows] = self.embed_encodings([encodings[i] for i in rows])
         return Embeddings(vectors, lengths, truncated)
 
-    def _calls(self, rows: npt.NDArray[np.intp], longest: int) -> list[npt.NDArray[np.intp]]:
-        """``rows`` (length-sorted) split into equal parts of about ``max_batch_tokens`` tokens."""
-        parts = min(len(rows), -(-len(rows) * longest // self.max_batch_tokens))
+    def _padded_width(self, longest: int) -> int:
+        multiple = self.pad_to_multiple_of
+        return min(-(-longest // multiple) * multiple, max(longest, self.max_seq_length))
+
+    def _calls(self, rows: npt.NDArray[np.intp], width: int) -> list[npt.NDArray[np.intp]]:
+        """``rows`` (length-sorted, padded to ``width``) split into equal parts of about
+        ``max_batch_tokens`` tokens."""
+        parts = min(len(rows), -(-len(rows) * width // self.max_batch_tokens))
         if parts > 1:
             logger.debug("batch of %d x %d tokens runs as %d calls (max_batch_tokens=%d)",
-                         len(rows), longest, parts, self.max_batch_tokens)
+                         len(rows), width, parts, self.max_batch_tokens)
         return list(np.array_split(rows, max(parts, 1)))
 
     def tokenize(self, texts: Sequence[str], truncate: bool = True) -> list[Encoding]:
@@ -212,9 +217,7 @@ class Embedder:
 
     def embed_encodings(self, encodings: Sequence[Encoding]) -> FloatArray:
         """Run one batch of :meth:`tokenize` output (padded here) and pool it; input order."""
-        longest = max(len(e.ids) for e in encodings)
-        multiple = self.pad_to_multiple_of
-        width = min(-(-longest // multiple) * multiple, max(longest, self.max_seq_length))
+        width = self._padded_width(max(len(e.ids) for e in encodings))
         ids = np.full((len(encodings), width), self.manifest.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(encodings), width), dtype=np.int64)
         for row, encoding in enumerate(encodings):

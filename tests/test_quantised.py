@@ -103,6 +103,26 @@ def test_per_token_layout_matches_the_graph(tiny_sources: dict[str, Path], tmp_p
 
 
 @pytest.mark.export
+def test_search_candidates_follow_the_layout_actually_used(
+    tiny_sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from embedrt.export import _fused, _quantize
+
+    export_model(tiny_sources["bert"], tmp_path / "fp32", ExportOptions(variant="fp32"))
+    fp32 = tmp_path / "fp32" / "model.onnx"
+    fused, per_token = _quantize.recipe_for("int8"), _quantize.recipe_for("int8", layout="per-token")
+    # Fused: Q, K and V go together, so one candidate each; per-token: every MatMul.
+    assert len(_quantize.search_candidates(fp32, fused)) == 2 * 4
+    assert len(_quantize.search_candidates(fp32, per_token)) == 2 * 6
+    monkeypatch.setattr(_fused, "layers", lambda *args: (_ for _ in ()).throw(_fused.NotFusable("x")))
+    assert len(_quantize.search_candidates(fp32, fused)) == 2 * 6  # it would fall back
+    # The fallback keeps a caller's "no smoothing".
+    assert _quantize.per_token(dataclasses.replace(fused, smoothing_alpha=None)).smoothing_alpha is None
+
+
+@pytest.mark.export
 def test_distilbert_fuses_and_stays_faithful(tiny_sources: dict[str, Path], tmp_path: Path) -> None:
     manifest = export_model(tiny_sources["distilbert"], tmp_path / "d", ExportOptions(variant="int8"))
     assert manifest.recipe["recipe"]["layout"] == "fused-bert"
