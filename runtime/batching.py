@@ -45,7 +45,7 @@ class BatchingOptions:
         max_queue: inputs accepted and not yet embedded; beyond it submissions are refused.
     """
 
-    max_batch_tokens: int = 4096
+    max_batch_tokens: int = 1024  # the Embedder's default: see runtime/embedder.py
     max_batch_size: int = 128
     max_wait_ms: float = 2.0
     max_queue: int = 1024
