@@ -28,12 +28,15 @@ caller falls back to the per-token layout.
 from __future__ import annotations
 
 import collections
+import functools
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from embedrt.export._qmath import ActivationRange, activation_ranges, int8_weights, smoothing_factors
 
 GELU_MIN = 0.17  # min over x of x * Phi(x) is -0.16997, at x = -0.7518
 DOWN_ZERO_POINT = 16  # 16 steps hold [-0.17, 0] whenever the scale is >= 0.17 / 16
@@ -56,11 +59,25 @@ class _Layer:
 
 
 def fuse(fp32_model: Path) -> Any:
-    """onnxruntime's BERT fusions on ``fp32_model``, embeddings left unfused; returns the ModelProto.
+    """onnxruntime's BERT fusions on ``fp32_model``, embeddings left unfused; returns a ModelProto.
 
     The word-embedding Gather stays a Gather so it can be quantised; the attention mask becomes
     per-sequence lengths (``ReduceSum``), which holds because embedrt always pads on the right.
+    The optimizer's result is kept per file (path, size, mtime) and each call parses its own
+    copy: an accuracy search quantises the same graph dozens of times.
     """
+    import onnx
+
+    return onnx.load_from_string(_fused_bytes(*_file_key(fp32_model)))
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=2)
+def _fused_bytes(path: str, size: int, mtime_ns: int) -> bytes:
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -69,15 +86,32 @@ def fuse(fp32_model: Path) -> Any:
     # num_heads/hidden_size 0: read from the graph. opt_level 0: onnxruntime's own graph
     # optimisations run at load, not baked into the file.
     fused = optimize_model(
-        str(fp32_model),
-        model_type="bert",
-        num_heads=0,
-        hidden_size=0,
-        opt_level=0,
-        use_gpu=False,
+        path, model_type="bert", num_heads=0, hidden_size=0, opt_level=0, use_gpu=False,
         optimization_options=options,
     )
-    return fused.model
+    return bytes(fused.model.SerializeToString())
+
+
+def calibration_ranges(
+    fp32_model: Path, model: Any, found: Sequence[_Layer], feeds: Sequence[Mapping[str, np.ndarray]]
+) -> dict[str, ActivationRange]:
+    """Ranges of the tensors :func:`rewrite` quantises with static scales (and smooths), on the
+    fused ``model`` of ``fp32_model``; kept per (file, feeds), as :func:`fuse` is."""
+    tensors = {t for L in found for t in (L.attention.input[0], L.out.input[0], L.inter.input[0])}
+    names = tuple(sorted(tensors))
+    digest = hashlib.sha256()
+    for feed in feeds:
+        for key in sorted(feed):
+            digest.update(key.encode() + np.ascontiguousarray(feed[key]).tobytes())
+    key = (*_file_key(fp32_model), names, digest.hexdigest())
+    if _RANGES.get("key") != key:
+        _RANGES.clear()
+        _RANGES.update(key=key, ranges=activation_ranges(model, names, feeds))
+    ranges: dict[str, ActivationRange] = _RANGES["ranges"]
+    return ranges
+
+
+_RANGES: dict[str, Any] = {}  # the last calibration_ranges() result and its key
 
 
 def layers(model: Any, unfused_matmuls: Mapping[str, str]) -> list[_Layer]:
@@ -174,22 +208,14 @@ def rewrite(
     found: Sequence[_Layer],
     settings: FusedSettings,
     excluded: set[str],
-    feeds: Sequence[Mapping[str, np.ndarray]],
+    stats: Mapping[str, ActivationRange],
 ) -> tuple[int, list[str]]:
     """Quantise ``found`` layers of the fused graph held by ``g`` (an ``_quantize._Graph``).
 
     ``excluded`` holds unfused MatMul names to keep float: any of a layer's Q/K/V keeps its
-    whole Attention float. Returns (int8 kernels written, names of the MatMuls quantised).
+    whole Attention float. ``stats`` come from :func:`calibration_ranges`. Returns (int8
+    kernels written, names of the MatMuls quantised).
     """
-    from embedrt.export._simplify import evaluate_tensors
-
-    stats = _ranges(
-        evaluate_tensors(
-            g.model,
-            sorted({t for L in found for t in (L.attention.input[0], L.out.input[0], L.inter.input[0])}),
-            feeds,
-        )
-    )
     kernels, quantised = 0, []
     down_zp: str | None = None
     for index, layer in enumerate(found):
@@ -273,41 +299,21 @@ def rewrite(
     return kernels, quantised
 
 
-class _Range:
-    def __init__(self) -> None:
-        self.low: np.ndarray | None = None
-        self.high: np.ndarray | None = None
-
-    def add(self, values: np.ndarray) -> None:
-        rows = values.reshape(-1, values.shape[-1])
-        low, high = rows.min(0), rows.max(0)
-        self.low = low if self.low is None else np.minimum(self.low, low)
-        self.high = high if self.high is None else np.maximum(self.high, high)
-
-    @property
-    def absmax(self) -> np.ndarray:
-        assert self.low is not None and self.high is not None
-        return np.maximum(np.abs(self.low), np.abs(self.high))
-
-
-def _ranges(evaluated: Sequence[Mapping[str, np.ndarray]]) -> dict[str, _Range]:
-    ranges: dict[str, _Range] = collections.defaultdict(_Range)
-    for values in evaluated:
-        for name, value in values.items():
-            ranges[name].add(value)
-    return ranges
-
-
-def _smoothing(stat: _Range, weight: np.ndarray, alpha: float | None) -> np.ndarray:
-    """SmoothQuant factors s_k = a_k^alpha / w_k^(1-alpha) (ones when alpha is None)."""
+def _smoothing(stat: ActivationRange, weight: np.ndarray, alpha: float | None) -> np.ndarray:
+    """SmoothQuant factors for ``weight``'s input (ones when alpha is None)."""
     if alpha is None:
         return np.ones(weight.shape[0], np.float32)
-    wmax = np.maximum(np.abs(weight).max(1), 1e-5)
-    return np.clip(stat.absmax**alpha / wmax ** (1 - alpha), 1e-2, 1e2).astype(np.float32)
+    return smoothing_factors(stat.absmax, np.abs(weight).max(1), alpha)
 
 
 def _static_quant(
-    g: Any, x: str, stat: _Range, smooth: np.ndarray, explicit: np.ndarray | None, margin: float, p: str
+    g: Any,
+    x: str,
+    stat: ActivationRange,
+    smooth: np.ndarray,
+    explicit: np.ndarray | None,
+    margin: float,
+    p: str,
 ) -> tuple[str, str, str, list[Any]]:
     """u8 quantisation of ``x / smooth`` with a static asymmetric per-tensor range.
 
@@ -339,13 +345,7 @@ def _static_quant(
 
 
 def _weights(w: np.ndarray, settings: FusedSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-output-column symmetric int8 weights: (codes, scales, zero points)."""
-    from embedrt.export._quantize import _int8_weight
-
-    codes, scales = _int8_weight(w, settings.weight_bits)
-    if settings.weight_type == "u8":  # u8 x u8 kernel: no 16-bit saturation without VNNI
-        return (codes.astype(np.int16) + 128).astype(np.uint8), scales, np.full(codes.shape[1], 128, np.uint8)
-    return codes, scales, np.zeros(codes.shape[1], np.int8)
+    return int8_weights(w, settings.weight_bits, settings.weight_type)
 
 
 def _mif(
@@ -369,7 +369,13 @@ def _mif(
 
 
 def _qattention(
-    g: Any, node: Any, wqkv: np.ndarray, bqkv: np.ndarray, stat: _Range, settings: FusedSettings, p: str
+    g: Any,
+    node: Any,
+    wqkv: np.ndarray,
+    bqkv: np.ndarray,
+    stat: ActivationRange,
+    settings: FusedSettings,
+    p: str,
 ) -> list[Any]:
     from onnx import helper
 

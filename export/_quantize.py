@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 from embedrt.export import _fused
-from embedrt.export._simplify import evaluate_tensors, fold_shape_arithmetic
+from embedrt.export._qmath import activation_ranges, int8_weights, smoothing_factors
+from embedrt.export._simplify import fold_shape_arithmetic
 
 logger = logging.getLogger(__name__)
 
@@ -308,22 +309,10 @@ def calibration_feeds(
     return feeds
 
 
-def _activation_absmax(
-    model: Any, inputs: Sequence[str], feeds: Sequence[Mapping[str, np.ndarray]]
-) -> dict[str, np.ndarray]:
-    """Per-channel max |x| of each tensor in ``inputs`` over the calibration feeds (fp32 model)."""
-    amax: dict[str, np.ndarray] = {}
-    for values in evaluate_tensors(model, inputs, feeds):
-        for name, out in values.items():
-            cur = np.abs(out).reshape(-1, out.shape[-1]).max(0)
-            amax[name] = np.maximum(amax.get(name, cur), cur)
-    return amax
-
-
 def _smoothing(
     model: Any, nodes: Sequence[Any], alpha: float, feeds: Sequence[Mapping[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
-    """SmoothQuant factors s_k = a_k^alpha / w_k^(1-alpha) for inputs that are not down-projections."""
+    """SmoothQuant factors for the MatMul inputs that are not down-projections."""
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -334,11 +323,8 @@ def _smoothing(
             wmax[n.input[0]] = np.maximum(wmax.get(n.input[0], 0.0), np.abs(w).max(1))
     if not wmax:  # only down-projections left to quantise: nothing to smooth
         return {}
-    amax = _activation_absmax(model, sorted(wmax), feeds)
-    return {
-        x: np.clip(amax[x] ** alpha / np.maximum(wmax[x], 1e-5) ** (1 - alpha), 1e-2, 1e2).astype(np.float32)
-        for x in wmax
-    }
+    ranges = activation_ranges(model, sorted(wmax), feeds)
+    return {x: smoothing_factors(ranges[x].absmax, wmax[x], alpha) for x in wmax}
 
 
 class _Graph:
@@ -467,12 +453,8 @@ def _rewrite_per_token(
             g, x, weights[0].shape[0], f"pt{index}/", inv, zero_point
         )
         g.before[members[0].name] = qnodes
-        quantised = [_int8_weight(w, recipe.weight_bits) for w in weights]
-        wq = np.concatenate([w for w, _ in quantised], axis=1)
-        ws = np.concatenate([s for _, s in quantised])
-        wzp = np.zeros(wq.shape[1], np.int8)
-        if recipe.weight_type == "u8":
-            wq, wzp = (wq.astype(np.int16) + 128).astype(np.uint8), np.full(wq.shape[1], 128, np.uint8)
+        # Scales are per output column: quantising the merged weight gives the same numbers.
+        wq, ws, wzp = int8_weights(np.concatenate(weights, axis=1), recipe.weight_bits, recipe.weight_type)
         widths = [w.shape[1] for w in weights]
         outputs = [n.output[0] for n in members]
         base = members[0].name + ("_qkv" if len(members) > 1 else "")
@@ -620,12 +602,6 @@ def _rewrite_embedding(g: _Graph, recipe: Recipe) -> int:
     return 1
 
 
-def _int8_weight(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    qmax = 2 ** (bits - 1) - 1
-    scale = np.maximum(np.abs(w).max(0), 1e-12) / qmax
-    return np.clip(np.round(w / scale), -qmax, qmax).astype(np.int8), scale.astype(np.float32)
-
-
 def _set_opsets(model: Any, recipe: Recipe) -> None:
     """Blocked QuantizeLinear needs ai.onnx opset 21 (IR 10); contrib ops need com.microsoft."""
     from onnx import helper
@@ -642,10 +618,10 @@ def _set_opsets(model: Any, recipe: Recipe) -> None:
 
 def _default_calibration(fp32_model: Path) -> list[dict[str, np.ndarray]]:
     """:data:`DEFAULT_CALIBRATION_TEXTS` at the length limit of the manifest beside the model."""
-    import json
+    from embedrt.runtime.manifest import MANIFEST_FILE, Manifest
 
-    manifest = fp32_model.parent / "manifest.json"
-    limit = json.loads(manifest.read_text())["max_seq_length"] if manifest.is_file() else 256
+    has_manifest = (fp32_model.parent / MANIFEST_FILE).is_file()
+    limit = Manifest.load(fp32_model.parent).max_seq_length if has_manifest else 256
     return calibration_feeds(fp32_model.parent / "tokenizer.json", max_seq_length=limit)
 
 
@@ -711,22 +687,22 @@ def quantize(
             f"{fp32_model} has no MatMul with a constant weight; nothing to quantise."
         )
     targets = [n for n in eligible if n.name not in excluded]
+    fused = None
     if recipe.layout == "fused-bert":
         fused = _fused_or_none(fp32_model, {n.name: n.input[0] for n in eligible})
         if fused is None:
             recipe = per_token(recipe)
-        else:
-            model, found = fused
     folded = 0
-    if recipe.layout == "fused-bert":
+    if fused is not None:
+        model, found = fused
         g = _Graph(model)
-        if calibration is None:
-            calibration = _default_calibration(fp32_model)
         settings = _fused.FusedSettings(
             recipe.weight_bits, recipe.weight_type, recipe.smoothing_alpha,
             recipe.context_smoothing_alpha, recipe.static_range_margin or 1.0,
         )
-        kernels, names = _fused.rewrite(g, found, settings, excluded, calibration)
+        feeds = calibration if calibration is not None else _default_calibration(fp32_model)
+        stats = _fused.calibration_ranges(fp32_model, model, found, feeds)
+        kernels, names = _fused.rewrite(g, found, settings, excluded, stats)
         quantised = set(names)
         # Every MatMul the fused graph keeps in float, e.g. K and V when Q was excluded.
         excluded = {n.name for n in eligible} - quantised
@@ -740,11 +716,7 @@ def quantize(
         else:
             smooth: dict[str, np.ndarray] = {}
             if recipe.smoothing_alpha is not None and targets:
-                feeds = (
-                    calibration
-                    if calibration is not None
-                    else _default_calibration(fp32_model)
-                )
+                feeds = calibration if calibration is not None else _default_calibration(fp32_model)
                 smooth = _smoothing(model, targets, recipe.smoothing_alpha, feeds)
             kernels = _rewrite_per_token(g, targets, recipe, smooth)
     gathers = _rewrite_embedding(g, recipe) if "Gather" in recipe.quantised_ops else 0
