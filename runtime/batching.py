@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tokenizers import Encoding
 
-from .embedder import Embedder, Embeddings
+from .embedder import DEFAULT_MAX_BATCH_TOKENS, Embedder, Embeddings
 from .errors import EmbedrtError
 from .pooling import FloatArray
 from .server_metrics import ServerMetrics
@@ -45,7 +45,7 @@ class BatchingOptions:
         max_queue: inputs accepted and not yet embedded; beyond it submissions are refused.
     """
 
-    max_batch_tokens: int = 1024  # the Embedder's default: see runtime/embedder.py
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     max_batch_size: int = 128
     max_wait_ms: float = 2.0
     max_queue: int = 1024
@@ -224,7 +224,7 @@ class Batcher:
         """Cut length-sorted rows into batches under the token and row caps."""
         batch: list[_Row] = []
         for row in rows:
-            width = self._padded_width(len(row[2].ids))  # rows are sorted: this is the longest
+            width = self.embedder.padded_width(len(row[2].ids))  # rows are sorted: this is the longest
             too_many = (len(batch) + 1) * width > self.options.max_batch_tokens
             if batch and (too_many or len(batch) >= self.options.max_batch_size):
                 yield batch
@@ -232,10 +232,6 @@ class Batcher:
             batch.append(row)
         if batch:
             yield batch
-
-    def _padded_width(self, longest: int) -> int:
-        multiple = self.embedder.pad_to_multiple_of
-        return min(-(-longest // multiple) * multiple, max(longest, self.embedder.max_seq_length))
 
     def _infer(self, batch: list[_Row]) -> None:
         live = [row for row in batch if not row[0].future.done()]
@@ -251,7 +247,7 @@ class Batcher:
             return
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(live))
-        width = self._padded_width(len(live[-1][2].ids))
+        width = self.embedder.padded_width(len(live[-1][2].ids))
         self.metrics.batch_tokens.observe(len(live) * width)
         for (job, index, _), vector in zip(live, vectors, strict=True):
             if job.vectors is None or job.future.done():

@@ -174,11 +174,12 @@ class Embedder:
         order = np.argsort(lengths, kind="stable")
         for start in range(0, len(order), size):
             batch = order[start : start + size]
-            for rows in self._calls(batch, self._padded_width(int(lengths[batch[-1]]))):
+            for rows in self._calls(batch, self.padded_width(int(lengths[batch[-1]]))):
                 vectors[rows] = self.embed_encodings([encodings[i] for i in rows])
         return Embeddings(vectors, lengths, truncated)
 
-    def _padded_width(self, longest: int) -> int:
+    def padded_width(self, longest: int) -> int:
+        """The width a batch whose longest input has ``longest`` tokens is padded to."""
         multiple = self.pad_to_multiple_of
         return min(-(-longest // multiple) * multiple, max(longest, self.max_seq_length))
 
@@ -217,7 +218,7 @@ class Embedder:
 
     def embed_encodings(self, encodings: Sequence[Encoding]) -> FloatArray:
         """Run one batch of :meth:`tokenize` output (padded here) and pool it; input order."""
-        width = self._padded_width(max(len(e.ids) for e in encodings))
+        width = self.padded_width(max(len(e.ids) for e in encodings))
         ids = np.full((len(encodings), width), self.manifest.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(encodings), width), dtype=np.int64)
         for row, encoding in enumerate(encodings):

@@ -38,7 +38,8 @@ def serve(
     max_body_bytes: Annotated[int, _option("MAX_BODY_BYTES", "Bytes per request body.", min=1)]
     = 2 * 1024 * 1024,
     max_batch_tokens: Annotated[int, _option(
-        "MAX_BATCH_TOKENS", "Padded tokens (rows x width) per inference call.", min=1)] = 1024,
+        "MAX_BATCH_TOKENS", "Padded tokens (rows x width) per inference call.", min=1)]
+    = 1024,  # embedder.DEFAULT_MAX_BATCH_TOKENS; not imported, so --help stays light
     max_batch_size: Annotated[int, _option("MAX_BATCH_SIZE", "Rows per inference call.", min=1)] = 128,
     max_wait_ms: Annotated[float, _option(
         "MAX_WAIT_MS", "How long a request waits for others to batch with.", min=0)] = 2.0,
