@@ -223,9 +223,8 @@ def rewrite(
         keep_attention = bool(excluded & set(layer.qkv_names))
         keep = {n for n in (layer.out.name, layer.inter.name, layer.down.name) if n in excluded}
         wo = g.inits[layer.out.input[1]].astype(np.float32)
-        s_out = _smoothing(stats[layer.out.input[0]], wo, settings.context_alpha)
-        if layer.out.name in keep:
-            s_out = np.ones_like(s_out)
+        context_alpha = None if layer.out.name in keep else settings.context_alpha
+        s_out = _smoothing(stats[layer.out.input[0]], wo, context_alpha)
         # Attention's context is linear in V's columns: fold 1/s_out into V's weights and bias.
         wqkv = g.inits[layer.attention.input[1]].astype(np.float32).copy()
         bqkv = g.inits[layer.attention.input[2]].astype(np.float32).copy()
@@ -284,18 +283,13 @@ def rewrite(
             ]
             kernels += 1
             quantised.append(layer.inter.name)
-        if layer.down.name in keep:
-            g.replace[layer.skip2.name] = _add_layernorm(
-                layer.skip2, [layer.down.output[0], layer.skip2.input[4]], p + "ln2"
-            )
-        else:
-            nodes, down_zp = _down(g, layer.down, settings, p + "down/", down_zp)
-            g.replace[layer.down.name] = nodes
-            g.replace[layer.skip2.name] = _add_layernorm(
-                layer.skip2, [layer.down.output[0], layer.skip2.input[4]], p + "ln2"
-            )
+        if layer.down.name not in keep:
+            g.replace[layer.down.name], down_zp = _down(g, layer.down, settings, p + "down/", down_zp)
             kernels += 1
             quantised.append(layer.down.name)
+        g.replace[layer.skip2.name] = _add_layernorm(
+            layer.skip2, [layer.down.output[0], layer.skip2.input[4]], p + "ln2"
+        )
     return kernels, quantised
 
 
