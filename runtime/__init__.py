@@ -1,18 +1,27 @@
-"""embedrt's torch-free runtime: numpy, onnxruntime and tokenizers only.
+"""embedrt's library: the torch-free runtime (numpy, onnxruntime and tokenizers only).
 
 >>> from embedrt.runtime import Embedder, cosine_similarity
 >>> embedder = Embedder.load("models/all-MiniLM-L6-v2/fp32")
 >>> a, b = embedder.embed(["I deposited money in the bank.", "I sat by the river bank."])
 >>> cosine_similarity(a, b)
+
+The modules: ``embedder`` (the one public class), ``manifest`` (the artefact contract),
+``pooling`` (pooling, normalisation, cosine), ``cpus`` (usable CPUs and their features),
+``home`` (where exported models live by default), ``errors`` (one root error).
+Built on it, in subpackages: ``serve`` (the HTTP server) and ``cli`` (the ``embedrt``
+command, the one place that also reaches export and the benchmark); ``corpus`` (embedding
+a corpus in batch jobs).
 """
 
 from .embedder import Embedder, Embeddings
 from .errors import (
     ArtefactError,
     ArtefactNotFoundError,
+    ConfigurationError,
     EmbedrtError,
     InputTooLongError,
     MissingExtraError,
+    Param,
     ParityError,
     SourceModelError,
 )
@@ -22,12 +31,14 @@ from .pooling import cosine_similarity
 __all__ = [
     "ArtefactError",
     "ArtefactNotFoundError",
+    "ConfigurationError",
     "Embedder",
     "Embeddings",
     "EmbedrtError",
     "InputTooLongError",
     "Manifest",
     "MissingExtraError",
+    "Param",
     "ParityError",
     "SourceModelError",
     "cosine_similarity",

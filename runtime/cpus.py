@@ -57,18 +57,15 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-_warned: set[tuple[str, ...]] = set()
-
-
 def warn_missing_cpu_flags(required: Iterable[str], artefact: str) -> tuple[str, ...]:
-    """Log one warning per process for each set of flags an artefact needs and this CPU lacks.
+    """Log one warning when an artefact needs CPU flags this CPU lacks (once per call:
+    :meth:`Embedder.load` calls it once per model it loads).
 
     Returns the missing flags (empty when the CPU has them all or cannot be read).
     """
     available = cpu_flags()
     missing = tuple(sorted(flag for flag in required if flag not in available)) if available else ()
-    if missing and missing not in _warned:
-        _warned.add(missing)
+    if missing:
         logger.warning(
             "%s was built for CPU features this CPU lacks (%s); it will run, but may be slow "
             "or, for int8 without VNNI, less accurate. Export it on this machine for a matching recipe.",

@@ -14,7 +14,7 @@ import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from .cpus import usable_cpus, warn_missing_cpu_flags
-from .errors import ArtefactError, ArtefactNotFoundError, InputTooLongError
+from .errors import ArtefactError, ArtefactNotFoundError, InputTooLongError, Param
 from .manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, sha256_file
 from .pooling import FloatArray, l2_normalize, pool
 
@@ -211,8 +211,9 @@ class Embedder:
             if len(encoding.ids) > self.max_seq_length:
                 raise InputTooLongError(
                     f"input {position} has {len(encoding.ids)} tokens; the model accepts at most "
-                    f"{self.max_seq_length}. Pass truncate=True or shorten it "
-                    f"(starts: {texts[position][:40]!r})"
+                    f"{self.max_seq_length}. Pass {{truncate}} or shorten it "
+                    f"(starts: {texts[position][:40]!r})",
+                    params=(Param("truncate", True),),
                 )
         return encodings
 
@@ -249,6 +250,23 @@ def _check_positive(**values: int | None) -> None:
     for name, value in values.items():
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def verify_files(directory: str | Path, manifest: Manifest) -> tuple[str, ...]:
+    """Check the artefact's files against the sha256 sums in its manifest.
+
+    Returns:
+        The names of the files checked: the model, the tokenizer and every file the
+        manifest lists.
+
+    Raises:
+        ArtefactNotFoundError: a file is missing.
+        ArtefactError: a file's sha256 does not match the manifest (the message names it).
+    """
+    names = tuple(dict.fromkeys((MODEL_FILE, TOKENIZER_FILE, *manifest.files)))
+    for name in names:
+        _artefact_file(Path(directory), name, manifest, verify=True)
+    return names
 
 
 def _artefact_file(directory: Path, name: str, manifest: Manifest, verify: bool) -> Path:

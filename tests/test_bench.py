@@ -22,25 +22,12 @@ if _MISSING:
     pytest.skip(f"bench tests need {', '.join(_MISSING)} ([bench] and [export] extras)",
                 allow_module_level=True)
 
-import typer  # noqa: E402
-from embedrt.bench.cli import register  # noqa: E402
 from embedrt.bench.quality import average_ranks, invariance_batches, spearman  # noqa: E402
+from embedrt.runtime.cli import app  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BUCKETS = ("short", "medium", "long")
-
-
-def _app() -> typer.Typer:
-    """A CLI holding only ``bench``, registered the way embedrt's own CLI does it."""
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """Keep ``bench`` a subcommand."""
-
-    register(app)
-    return app
 
 
 def _sts_file(path: Path, words: list[str]) -> Path:
@@ -65,7 +52,7 @@ def report(
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(sys.modules, "fastembed", None)  # import fastembed -> ImportError
         result = CliRunner().invoke(
-            _app(), ["bench", "--quick", "--model", str(tiny_bert), "--sts", str(sts),
+            app, ["bench", "--quick", "--model", str(tiny_bert), "--sts", str(sts),
                      "--out", str(out / "results"), "--threads", "1"],
         )
     assert result.exit_code == 0, result.output

@@ -71,7 +71,7 @@ def test_no_truncate_fails_with_one_line(tiny_bert: Path) -> None:
     result = _run_cli("embed", "the cat sat on the road " * 10, "--no-truncate", "-m", str(tiny_bert))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "embedrt: error: input 0 has 62 tokens; the model accepts at most 24. Pass truncate=True "
+        "embedrt: error: input 0 has 62 tokens; the model accepts at most 24. Pass --truncate "
         "or shorten it (starts: 'the cat sat on the road the cat sat on t')"
     ]
 

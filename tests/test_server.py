@@ -292,31 +292,32 @@ def test_unknown_route_and_method_are_json(client: httpx.Client) -> None:
 def test_overfilled_queue_answers_503_with_retry_after(
     tiny_bert: Path, tmp_path: Path, words: list[str]
 ) -> None:
-    # a queue of 2 inputs, and a worker that waits a full second for company: the rest are refused
-    args = ["--max-inputs", "1", "--max-queue", "2", "--max-wait-ms", "1000"]
+    # A queue of 2 inputs, and an inference thread that waits (for ten minutes) for company:
+    # two requests are held, so a third is refused whatever the timing; SIGTERM then makes
+    # the thread run what it holds, and both held requests are answered.
+    args = ["--max-inputs", "1", "--max-queue", "2", "--max-wait-ms", "600000"]
     with running_server(tiny_bert, tmp_path, *args) as running, httpx.Client(
-        base_url=running.url, timeout=30
-    ) as http:
-        def call(i: int) -> httpx.Response:
-            return http.post("/embed", json={"inputs": [words[i % len(words)]]})
-
-        with ThreadPoolExecutor(12) as pool:
-            responses = list(pool.map(call, range(12)))
-        statuses = sorted(r.status_code for r in responses)
-        assert set(statuses) == {200, 503}, statuses
-        refused = next(r for r in responses if r.status_code == 503)
+        base_url=running.url, timeout=60
+    ) as http, ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(http.post, "/embed", json={"inputs": [words[i]]}) for i in range(2)]
+        _wait_for_queue_depth(http, 2)
+        refused = http.post("/embed", json={"inputs": [words[2]]})
+        assert refused.status_code == 503
         assert refused.headers["retry-after"] == "1"
         assert "the queue holds at most 2" in refused.json()["error"]["message"]
         assert refused.json()["error"]["limit"] == 2
-        metrics = http.get("/metrics").text
-        assert _sample(metrics, "embedrt_queue_rejected_total") == statuses.count(503)
+        assert _sample(http.get("/metrics").text, "embedrt_queue_rejected_total") == 1
+        running.process.send_signal(signal.SIGTERM)
+        assert [future.result().status_code for future in held] == [200, 200]
 
 
 def test_sigterm_finishes_every_accepted_request(
     tiny_bert: Path, tmp_path: Path, offline: Embedder, words: list[str]
 ) -> None:
+    # The inference thread waits ten minutes for company, so all six requests are still
+    # queued when SIGTERM comes (no timing window): shutdown must answer every one of them.
     requests = [_sentences(words, 2, offset=i) for i in range(6)]
-    with running_server(tiny_bert, tmp_path, "--max-wait-ms", "1500") as running, httpx.Client(
+    with running_server(tiny_bert, tmp_path, "--max-wait-ms", "600000") as running, httpx.Client(
         base_url=running.url, timeout=60
     ) as http, ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(http.post, "/embed", json={"inputs": texts}) for texts in requests]
@@ -332,7 +333,8 @@ def test_sigterm_finishes_every_accepted_request(
 
 
 def _wait_for_queue_depth(http: httpx.Client, depth: int) -> None:
-    deadline = time.monotonic() + 30
+    """Poll /metrics until the queue holds ``depth`` inputs (a state, not a time window)."""
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if _sample(http.get("/metrics").text, "embedrt_queue_depth") == depth:
             return
@@ -366,7 +368,8 @@ def test_missing_serve_extra_names_it(tiny_bert: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stderr
     assert "embedrt serve needs the [serve] extra" in result.stderr
-    assert "pip install 'embedrt[serve]'" in result.stderr
+    assert "pip install -e '.[serve]'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 def test_missing_orjson_names_the_serve_extra(tiny_bert: Path) -> None:
@@ -381,7 +384,7 @@ def test_missing_orjson_names_the_serve_extra(tiny_bert: Path) -> None:
 def test_vector_json_is_the_same_doubles_as_json_dumps() -> None:
     import json
 
-    from embedrt.runtime.server import _json_vectors, _VectorResponse
+    from embedrt.runtime.serve.app import _json_vectors, _VectorResponse
 
     rows = np.random.default_rng(0).standard_normal((3, 384)).astype(np.float32)
     rows[0, :4] = [1e-8, -3.4e38, 0.0, 1.0]
@@ -399,13 +402,14 @@ def test_serve_help_has_an_example() -> None:
     result = subprocess.run([sys.executable, "-m", "embedrt.runtime.cli", "serve", "--help"],
                             capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
     assert result.returncode == 0
-    assert "Example: embedrt serve --model" in result.stdout and "EMBEDRT_MAX_QUEUE" in result.stdout
+    assert "Example: embedrt serve --port 8080" in result.stdout and "EMBEDRT_MAX_QUEUE" in result.stdout
+    assert "int8 if exported" in result.stdout
 
 
 def test_server_modules_import_no_torch_stack() -> None:
     blocked = ["torch", "transformers", "optimum", "onnx", "sentence_transformers"]
     code = (f"import sys\nfor name in {blocked!r}: sys.modules[name] = None\n"
-            "import embedrt.runtime.server, embedrt.runtime.batching, embedrt.runtime.server_cli")
+            "import embedrt.runtime.serve.app, embedrt.runtime.serve.batcher, embedrt.runtime.cli.serve")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 

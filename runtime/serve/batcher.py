@@ -21,42 +21,54 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 from tokenizers import Encoding
 
-from .embedder import DEFAULT_MAX_BATCH_TOKENS, Embedder, Embeddings
-from .errors import EmbedrtError
-from .pooling import FloatArray
-from .server_metrics import ServerMetrics
+from ..embedder import Embedder, Embeddings
+from ..errors import EmbedrtError
+from ..pooling import FloatArray
+from .config import ServerConfig
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BatchingOptions:
-    """How requests are coalesced.
+class BatchObserver(Protocol):
+    """What the batcher reports as it works (the server's metrics implement this).
 
-    Attributes:
-        max_batch_tokens: cap on rows x padded width of one inference call (a single input
-            longer than this still runs, alone).
-        max_batch_size: cap on rows of one inference call.
-        max_wait_ms: how long the worker waits after a request for others to join it.
-        max_queue: inputs accepted and not yet embedded; beyond it submissions are refused.
+    Every method is called from the inference thread, except :meth:`queue_depth` and
+    :meth:`rejected`, which submitters call too.
     """
 
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
-    max_batch_size: int = 128
-    max_wait_ms: float = 2.0
-    max_queue: int = 1024
+    def queue_depth(self, depth: int) -> None:
+        """Inputs accepted and not yet embedded, after each change."""
 
-    def __post_init__(self) -> None:
-        for name in ("max_batch_tokens", "max_batch_size", "max_queue"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
+    def rejected(self) -> None:
+        """A submission was refused because the queue was full."""
+
+    def tokenized(self, seconds: float, tokens: int, truncated: int) -> None:
+        """A coalesced group of requests was tokenised."""
+
+    def inferred(self, seconds: float, rows: int, padded_tokens: int) -> None:
+        """One inference call ran."""
+
+
+class _Unobserved:
+    """The observer used when none is given: reports go nowhere."""
+
+    def queue_depth(self, depth: int) -> None:
+        """Ignore it."""
+
+    def rejected(self) -> None:
+        """Ignore it."""
+
+    def tokenized(self, seconds: float, tokens: int, truncated: int) -> None:
+        """Ignore it."""
+
+    def inferred(self, seconds: float, rows: int, padded_tokens: int) -> None:
+        """Ignore it."""
 
 
 class QueueFullError(EmbedrtError, RuntimeError):
@@ -80,13 +92,14 @@ class _Job:
     truncate: bool
     future: Future[Embeddings] = field(default_factory=Future)
     vectors: FloatArray | None = None
-    token_counts: np.ndarray | None = None
+    token_counts: npt.NDArray[np.int64] | None = None
     truncated: tuple[int, ...] = ()
     remaining: int = 0
 
 
 _Row = tuple[_Job, int, Encoding]
 _STOP = None
+_WAKE = "wake"  # put by drain(): stop waiting for company and run what is queued
 
 
 class Batcher:
@@ -95,14 +108,17 @@ class Batcher:
     Raises nothing at construction; see :meth:`submit` for what submitting raises.
     """
 
-    def __init__(self, embedder: Embedder, options: BatchingOptions, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, embedder: Embedder, config: ServerConfig, observer: BatchObserver | None = None
+    ) -> None:
         self.embedder = embedder
-        self.options = options
-        self.metrics = metrics
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.config = config
+        self.observer: BatchObserver = observer or _Unobserved()
+        self._queue: queue.SimpleQueue[_Job | str | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._depth = 0
         self._closed = False
+        self._draining = threading.Event()
         self._thread = threading.Thread(target=self._run, name="embedrt-inference", daemon=True)
 
     @property
@@ -128,11 +144,11 @@ class Batcher:
         with self._lock:
             if self._closed:
                 raise BatcherClosedError("the server is shutting down and accepts no new requests")
-            if self._depth + len(job.texts) > self.options.max_queue:
-                self.metrics.rejected.inc()
-                raise QueueFullError(len(job.texts), self._depth, self.options.max_queue)
+            if self._depth + len(job.texts) > self.config.max_queue:
+                self.observer.rejected()
+                raise QueueFullError(len(job.texts), self._depth, self.config.max_queue)
             self._depth += len(job.texts)
-            self.metrics.queue_depth.set(self._depth)
+            self.observer.queue_depth(self._depth)
         self._queue.put(job)
         return job.future
 
@@ -145,10 +161,20 @@ class Batcher:
         """
         return await asyncio.wrap_future(self.submit(texts, truncate))
 
+    def drain(self) -> None:
+        """Stop waiting for requests to batch with: what is queued now runs at once.
+
+        Called when the server starts to shut down, so accepted requests are answered
+        without waiting out ``max_wait_ms``; new work is still accepted until :meth:`close`.
+        """
+        self._draining.set()
+        self._queue.put(_WAKE)
+
     def close(self, timeout: float | None = None) -> None:
         """Refuse new work, let the thread finish what it holds, and join it."""
         with self._lock:
             self._closed = True
+        self.drain()
         self._queue.put(_STOP)
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -171,16 +197,20 @@ class Batcher:
         first = self._queue.get()
         if first is _STOP:
             return [], True
+        if not isinstance(first, _Job):  # a wake-up with nothing queued
+            return [], False
         jobs, estimate = [first], self._estimate(first)
-        deadline = time.monotonic() + self.options.max_wait_ms / 1000
-        while estimate < self.options.max_batch_tokens:
-            remaining = deadline - time.monotonic()
+        deadline = time.monotonic() + self.config.max_wait_ms / 1000
+        while estimate < self.config.max_batch_tokens:
+            remaining = 0.0 if self._draining.is_set() else deadline - time.monotonic()
             try:
                 job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
             if job is _STOP:
                 return jobs, True
+            if not isinstance(job, _Job):  # drain(): run what is gathered now
+                break
             jobs.append(job)
             estimate += self._estimate(job)
         return jobs, False
@@ -199,7 +229,9 @@ class Batcher:
             else:  # the client went away before we started
                 self._release(len(job.texts))
         if jobs:
-            self.metrics.tokenize_seconds.observe(time.perf_counter() - started)
+            tokens = sum(len(row[2].ids) for row in rows)
+            truncated = sum(len(job.truncated) for job in jobs)
+            self.observer.tokenized(time.perf_counter() - started, tokens, truncated)
         rows.sort(key=lambda row: len(row[2].ids))
         for batch in self._batches(rows):
             self._infer(batch)
@@ -214,8 +246,6 @@ class Batcher:
         job.truncated = tuple(i for i, e in enumerate(encodings) if e.overflowing)
         job.vectors = np.empty((len(encodings), self.embedder.dim), dtype=np.float32)
         job.remaining = len(encodings)
-        self.metrics.input_tokens.inc(float(job.token_counts.sum()))
-        self.metrics.truncated.inc(len(job.truncated))
         if not encodings:
             self._settle(job)
         return [(job, index, encoding) for index, encoding in enumerate(encodings)]
@@ -225,8 +255,8 @@ class Batcher:
         batch: list[_Row] = []
         for row in rows:
             width = self.embedder.padded_width(len(row[2].ids))  # rows are sorted: this is the longest
-            too_many = (len(batch) + 1) * width > self.options.max_batch_tokens
-            if batch and (too_many or len(batch) >= self.options.max_batch_size):
+            too_many = (len(batch) + 1) * width > self.config.max_batch_tokens
+            if batch and (too_many or len(batch) >= self.config.max_batch_size):
                 yield batch
                 batch = []
             batch.append(row)
@@ -245,10 +275,8 @@ class Batcher:
             for job in {row[0] for row in live}:
                 self._settle(job, error=err)
             return
-        self.metrics.inference_seconds.observe(time.perf_counter() - started)
-        self.metrics.batch_size.observe(len(live))
         width = self.embedder.padded_width(len(live[-1][2].ids))
-        self.metrics.batch_tokens.observe(len(live) * width)
+        self.observer.inferred(time.perf_counter() - started, len(live), len(live) * width)
         for (job, index, _), vector in zip(live, vectors, strict=True):
             if job.vectors is None or job.future.done():
                 continue
@@ -269,4 +297,4 @@ class Batcher:
     def _release(self, count: int) -> None:
         with self._lock:
             self._depth -= count
-            self.metrics.queue_depth.set(self._depth)
+            self.observer.queue_depth(self._depth)

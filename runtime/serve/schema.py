@@ -1,6 +1,6 @@
 """Request validation and the OpenAPI document of the embedding server.
 
-Both are built from the same :class:`Limits`, so the document states the limits the server
+Both are built from the same :class:`~embedrt.runtime.serve.config.ServerConfig`, so the document states the limits the server
 enforces (``maxItems``, ``maxLength``, the one accepted ``dimensions``), and a request the
 document allows is one the server accepts.
 """
@@ -8,37 +8,18 @@ document allows is one the server accepts.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
-from .errors import EmbedrtError
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-request limits.
-
-    Attributes:
-        max_inputs: texts in one request.
-        max_chars: characters in one text.
-        max_body_bytes: bytes in one request body.
-    """
-
-    max_inputs: int = 256
-    max_chars: int = 10_000
-    max_body_bytes: int = 2 * 1024 * 1024
-
-    def __post_init__(self) -> None:
-        for name in ("max_inputs", "max_chars", "max_body_bytes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+from ..errors import EmbedrtError
+from .config import ServerConfig
 
 
 class RequestError(EmbedrtError, ValueError):
     """A request the server refuses; becomes a 4xx with a JSON error body."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, limit: int | None = None):
+    def __init__(
+        self, status: int, message: str, param: str | None = None, limit: int | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.param = param
@@ -70,7 +51,7 @@ def parse_json(body: bytes) -> dict[str, Any]:
 
 
 def texts_field(
-    payload: dict[str, Any], name: str, limits: Limits, label: str | None = None
+    payload: dict[str, Any], name: str, limits: ServerConfig, label: str | None = None
 ) -> tuple[list[str], bool]:
     """Read a string-or-list-of-strings field; returns the texts and whether it was a list.
 
@@ -98,7 +79,7 @@ def texts_field(
     return [check_text(item, f"{where}[{i}]", limits) for i, item in enumerate(value)], True
 
 
-def check_text(value: Any, where: str, limits: Limits) -> str:
+def check_text(value: Any, where: str, limits: ServerConfig) -> str:
     """Check one text's type, length and encodability.
 
     Raises:
@@ -150,7 +131,7 @@ def _kind(value: Any) -> str:
     return "a number"
 
 
-def _texts_schema(limits: Limits) -> dict[str, Any]:
+def _texts_schema(limits: ServerConfig) -> dict[str, Any]:
     text = {"type": "string", "maxLength": limits.max_chars}
     return {"oneOf": [text, {"type": "array", "items": text, "minItems": 1, "maxItems": limits.max_inputs}]}
 
@@ -174,7 +155,7 @@ def _ok(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def openapi_document(model_name: str, dim: int, limits: Limits) -> dict[str, Any]:
+def openapi_document(model_name: str, dim: int, limits: ServerConfig) -> dict[str, Any]:
     """The OpenAPI 3.1 document of every route, with this server's model and limits."""
     texts = _texts_schema(limits)
     vector = {"type": "array", "items": {"type": "number"}}
@@ -241,7 +222,7 @@ def _openai_request(texts: dict[str, Any], dim: int) -> dict[str, Any]:
     }}
 
 
-def _similarity_request(limits: Limits) -> dict[str, Any]:
+def _similarity_request(limits: ServerConfig) -> dict[str, Any]:
     text = {"type": "string", "maxLength": limits.max_chars}
     sentences = {"type": "array", "items": text, "minItems": 1, "maxItems": limits.max_inputs}
     inputs = {"type": "object", "required": ["source_sentence", "sentences"],

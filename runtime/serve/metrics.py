@@ -145,10 +145,10 @@ class ServerMetrics:
             "embedrt_request_duration_seconds", "Time from request start to response, by route.",
             LATENCY_BUCKETS, ("route",),
         )
-        self.queue_depth = Gauge(
+        self.queue_depth_gauge = Gauge(
             "embedrt_queue_depth", "Inputs accepted and not yet embedded (queued or in a batch)."
         )
-        self.rejected = Counter(
+        self.rejected_total = Counter(
             "embedrt_queue_rejected_total", "Requests answered 503 because the queue was full."
         )
         self.batch_size = Histogram(
@@ -167,6 +167,29 @@ class ServerMetrics:
         self.inference_seconds = Histogram(
             "embedrt_inference_duration_seconds", "onnxruntime + pooling time per batch.", STEP_BUCKETS
         )
+
+    # The batcher's observer (embedrt.runtime.serve.batcher.BatchObserver), by structure:
+    # the batcher knows nothing of these metrics.
+
+    def queue_depth(self, depth: int) -> None:
+        """Inputs accepted and not yet embedded."""
+        self.queue_depth_gauge.set(depth)
+
+    def rejected(self) -> None:
+        """A request was refused because the queue was full."""
+        self.rejected_total.inc()
+
+    def tokenized(self, seconds: float, tokens: int, truncated: int) -> None:
+        """A coalesced group of requests was tokenised."""
+        self.tokenize_seconds.observe(seconds)
+        self.input_tokens.inc(float(tokens))
+        self.truncated.inc(truncated)
+
+    def inferred(self, seconds: float, rows: int, padded_tokens: int) -> None:
+        """One inference call ran."""
+        self.inference_seconds.observe(seconds)
+        self.batch_size.observe(rows)
+        self.batch_tokens.observe(padded_tokens)
 
     def render(self) -> str:
         """The whole exposition, ending with a newline."""

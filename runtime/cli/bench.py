@@ -1,9 +1,7 @@
-"""The ``embedrt bench`` command; measurement code is imported only when it runs."""
+"""``embedrt bench``: the benchmark ([bench] extra); embedrt.bench is imported only when it runs."""
 
 from __future__ import annotations
 
-import functools
-import logging
 import sys
 import time
 from pathlib import Path
@@ -11,9 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-DEFAULT_MODELS = Path("models") / "all-MiniLM-L6-v2"
+from ..home import default_model_name, models_dir
+
 DEFAULT_OUT = Path("bench-results")
-logger = logging.getLogger(__name__)
 
 
 class _Bar:
@@ -28,7 +26,7 @@ class _Bar:
             TextColumn("[bold]bench[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), console=self._console,
         )
-        self._task: Any = None
+        self._task: Any = None  # a rich TaskID, known once start() runs
 
     def __enter__(self) -> _Bar:
         self._progress.__enter__()
@@ -56,10 +54,12 @@ class _Bar:
             self._progress.advance(self._task)
 
 
-def bench(
+def command(
     models: Annotated[
-        Path, typer.Option(help="Folder whose subfolders with a manifest.json are the artefacts to compare.")
-    ] = DEFAULT_MODELS,
+        Path | None,
+        typer.Option(help="Folder whose subfolders with a manifest.json are the artefacts to compare. "
+                     "Default: the default model's folder in the embedrt home (every variant exported)."),
+    ] = None,
     model: Annotated[
         list[Path] | None,
         typer.Option("--model", "-m", help="An artefact directory (repeatable); replaces --models."),
@@ -85,16 +85,18 @@ def bench(
     Speed (batch-1 latency, throughput at several batch sizes, cold start, memory, size) and
     quality (cosine to torch, STS Spearman, batch invariance), by text length, in one run.
 
-    Example: embedrt bench --models models/all-MiniLM-L6-v2 --sts dev.tsv --out bench-results
+    Example: embedrt bench --quick --out bench-results
     """
-    from embedrt.runtime.cpus import usable_cpus
+    from embedrt.bench.chart import require_matplotlib, write_chart
+    from embedrt.bench.report import add_ratios, write_json, write_markdown
+    from embedrt.bench.run import BenchOptions, discover_artefacts, run_bench
 
-    from .chart import require_matplotlib, write_chart
-    from .report import add_ratios, write_json, write_markdown
-    from .run import BenchOptions, discover_artefacts, run_bench
+    from ..cpus import usable_cpus
 
     require_matplotlib()  # fail before minutes of measuring, not after
     started = time.perf_counter()
+    if models is None:
+        models = models_dir() / default_model_name()
     options = BenchOptions(
         artefacts=tuple(discover_artefacts(models if models.is_dir() else None, model or [])),
         threads=threads or usable_cpus(), sts=sts, quick=quick, skip=tuple(skip or ()),
@@ -111,20 +113,3 @@ def bench(
             typer.echo(f"skipped {status['name']}: {status['reason']}", err=True)
     typer.echo(f"bench finished in {results['context']['wall_seconds']:.0f} s: "
                + ", ".join(str(p) for p in paths))
-
-
-def _bench_command(**kwargs: Any) -> None:
-    """Run :func:`bench`, turning embedrt's errors into one line on stderr and exit status 1."""
-    from embedrt.runtime.errors import EmbedrtError
-
-    try:
-        bench(**kwargs)
-    except (EmbedrtError, OSError) as err:
-        typer.echo(f"embedrt: error: {err}", err=True)
-        raise typer.Exit(1) from err
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``bench`` command to ``app``."""
-    command = functools.wraps(bench)(_bench_command)
-    app.command("bench")(command)

@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +28,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from .batching import Batcher, BatcherClosedError, BatchingOptions, QueueFullError
-from .embedder import Embedder, Embeddings
-from .errors import EmbedrtError, InputTooLongError
-from .manifest import Manifest
-from .pooling import FloatArray, cosine_similarity, l2_normalize
-from .server_metrics import ServerMetrics
-from .server_schema import (
-    Limits,
+from ..embedder import Embedder, Embeddings
+from ..errors import EmbedrtError, InputTooLongError, json_spelling
+from ..home import default_model_dir
+from ..manifest import Manifest
+from ..pooling import FloatArray, cosine_similarity, l2_normalize
+from .batcher import Batcher, BatcherClosedError, QueueFullError
+from .config import ServerConfig
+from .metrics import ServerMetrics
+from .schema import (
     RequestError,
     check_text,
     openapi_document,
@@ -52,42 +51,15 @@ Handler = Callable[["ServerState", Request], Awaitable[Response]]
 RETRY_AFTER_SECONDS = 1
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    """Everything ``embedrt serve`` is configured with.
-
-    Raises:
-        ValueError: the queue cannot hold one maximal request, or a number is not positive.
-    """
-
-    model_dir: Path
-    host: str = "127.0.0.1"
-    port: int = 8080
-    threads: int | None = None
-    pad_to_multiple_of: int = 16
-    limits: Limits = field(default_factory=Limits)
-    batching: BatchingOptions = field(default_factory=BatchingOptions)
-    graceful_timeout: float = 30.0
-
-    def __post_init__(self) -> None:
-        # /similarity embeds its sentences plus the source sentence in one submission
-        if self.batching.max_queue < self.limits.max_inputs + 1:
-            raise ValueError(
-                f"max_queue ({self.batching.max_queue}) must be at least max_inputs + 1 "
-                f"({self.limits.max_inputs + 1}), or a maximal request could never be accepted"
-            )
-        if self.pad_to_multiple_of <= 0 or self.graceful_timeout <= 0:
-            raise ValueError("pad_to_multiple_of and graceful_timeout must be positive")
-
-
 class ServerState:
     """The app's model, batcher, metrics and readiness; the model loads in :meth:`load`."""
 
-    def __init__(self, config: ServerConfig, manifest: Manifest) -> None:
+    def __init__(self, config: ServerConfig, model_dir: Path, manifest: Manifest) -> None:
         self.config = config
+        self.model_dir = model_dir
         self.manifest = manifest
         self.metrics = ServerMetrics()
-        self.openapi = openapi_document(manifest.model_name, manifest.dim, config.limits)
+        self.openapi = openapi_document(manifest.model_name, manifest.dim, config)
         self.load_error: str | None = None
         self.on_load_failure: Callable[[], None] = lambda: None
         self._batcher: Batcher | None = None
@@ -98,7 +70,7 @@ class ServerState:
         started = time.perf_counter()
         try:
             embedder = Embedder.load(
-                self.config.model_dir, threads=self.config.threads,
+                self.model_dir, threads=self.config.threads,
                 pad_to_multiple_of=self.config.pad_to_multiple_of,
                 spin=False,  # the event loop and tokenisation share these CPUs
             )
@@ -107,7 +79,7 @@ class ServerState:
             logger.error("cannot load the model: %s", self.load_error)
             self.on_load_failure()
             return
-        batcher = Batcher(embedder, self.config.batching, self.metrics)
+        batcher = Batcher(embedder, self.config, self.metrics)
         batcher.start()
         self._batcher = batcher
         self._ready.set()
@@ -125,6 +97,11 @@ class ServerState:
             raise RequestError(503, "the model is not loaded yet; retry shortly (GET /health says when)")
         return self._batcher
 
+    def drain(self) -> None:
+        """Shutdown has begun: queued requests run now instead of waiting for company."""
+        if self._batcher is not None:
+            self._batcher.drain()
+
     def close(self) -> None:
         """Stop the batcher after the work it holds (called once requests have drained)."""
         if self._batcher is not None:
@@ -135,9 +112,11 @@ def create_app(config: ServerConfig) -> tuple[Starlette, ServerState]:
     """Build the app; the model itself loads when the app starts serving.
 
     Raises:
+        NoModelError: ``config.model_dir`` is None and no default model is exported.
         ArtefactNotFoundError, ArtefactError: the artefact's manifest is missing or invalid.
     """
-    state = ServerState(config, Manifest.load(config.model_dir))
+    model_dir = config.model_dir or default_model_dir()
+    state = ServerState(config, model_dir, Manifest.load(model_dir))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -172,7 +151,7 @@ def _endpoint(state: ServerState, name: str, handler: Handler) -> Callable[[Requ
         except RequestError as err:
             response = _error(err)
         except InputTooLongError as err:
-            response = _error(RequestError(422, str(err), limit=state.manifest.max_seq_length))
+            response = _error(_request_error(err, 422, limit=state.manifest.max_seq_length))
         except QueueFullError as err:
             response = _error(RequestError(503, str(err), limit=err.limit))
         except BatcherClosedError as err:
@@ -185,6 +164,12 @@ def _endpoint(state: ServerState, name: str, handler: Handler) -> Callable[[Requ
         return response
 
     return endpoint
+
+
+def _request_error(err: EmbedrtError, status: int, limit: int | None = None) -> RequestError:
+    """``err`` as an HTTP error: its settings spelled as JSON fields, the main one as ``param``."""
+    param = err.param.keyword if err.param is not None else None
+    return RequestError(status, err.render(json_spelling), param, limit)
 
 
 def _error(err: RequestError) -> JSONResponse:
@@ -204,7 +189,7 @@ async def _read_json(state: ServerState, request: Request) -> dict[str, Any]:
     Raises:
         RequestError: 413 over max_body_bytes; 400/422 as :func:`parse_json`.
     """
-    limit = state.config.limits.max_body_bytes
+    limit = state.config.max_body_bytes
     too_big = RequestError(
         413, f"the request body is larger than {limit} bytes (--max-body-bytes, "
         "EMBEDRT_MAX_BODY_BYTES)", limit=limit,
@@ -247,7 +232,7 @@ def _json_vectors(vectors: FloatArray) -> npt.NDArray[np.float64]:
 
 async def _openai_embeddings(state: ServerState, request: Request) -> Response:
     payload = await _read_json(state, request)
-    texts, _ = texts_field(payload, "input", state.config.limits)
+    texts, _ = texts_field(payload, "input", state.config)
     optional(payload, "model", str, None)
     optional(payload, "user", str, None)
     encoding = optional(payload, "encoding_format", str, "float")
@@ -275,7 +260,7 @@ async def _openai_embeddings(state: ServerState, request: Request) -> Response:
 
 async def _tei_embed(state: ServerState, request: Request) -> Response:
     payload = await _read_json(state, request)
-    texts, _ = texts_field(payload, "inputs", state.config.limits)
+    texts, _ = texts_field(payload, "inputs", state.config)
     normalize = optional(payload, "normalize", bool, True)
     truncate = optional(payload, "truncate", bool, True)
     result = await state.batcher().embed(texts, truncate)
@@ -291,7 +276,7 @@ async def _similarity(state: ServerState, request: Request) -> Response:
     if inputs is None:
         raise RequestError(422, "'inputs' is required: {\"source_sentence\": str, \"sentences\": [str]}",
                            "inputs")
-    limits = state.config.limits
+    limits = state.config
     if inputs.get("source_sentence") is None:
         raise RequestError(422, "'inputs.source_sentence' is required: a string", "inputs.source_sentence")
     source = check_text(inputs["source_sentence"], "inputs.source_sentence", limits)
@@ -328,12 +313,17 @@ async def _health(state: ServerState, request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+_LIMITS = ("max_inputs", "max_chars", "max_body_bytes")
+_BATCHING = ("max_batch_tokens", "max_batch_size", "max_wait_ms", "max_queue")
+
+
 async def _info(state: ServerState, request: Request) -> Response:
     config = state.config
     return JSONResponse({
         "manifest": state.manifest.to_dict(),
-        "limits": {**dataclasses.asdict(config.limits), "max_seq_length": state.manifest.max_seq_length},
-        "batching": dataclasses.asdict(config.batching),
+        "limits": {**{name: getattr(config, name) for name in _LIMITS},
+                   "max_seq_length": state.manifest.max_seq_length},
+        "batching": {name: getattr(config, name) for name in _BATCHING},
         "pad_to_multiple_of": config.pad_to_multiple_of,
         "ready": state.load_error is None and _is_ready(state),
     })
@@ -355,19 +345,25 @@ async def _openapi(state: ServerState, request: Request) -> Response:
     return JSONResponse(state.openapi)
 
 
-def serve(config: ServerConfig, log_level: str = "info") -> None:
+def serve(config: ServerConfig) -> None:
     """Run the server until SIGINT/SIGTERM; in-flight requests finish before it exits.
 
     Raises:
-        ArtefactError: the artefact is invalid (before the socket opens) or the model fails
-            to load (the server then stops).
-        ImportError: uvicorn or starlette is missing (the [serve] extra).
+        NoModelError: no model is configured and no default model is exported.
+        ArtefactError: the artefact is invalid (before the socket opens).
+        ModelLoadError: the model failed to load after the socket opened (the server stops).
     """
     import uvicorn
 
     app, state = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=config.host, port=config.port, log_level=log_level, access_log=False,
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:  # frame: a FrameType or None
+            state.drain()  # answer what is queued now, not after max_wait_ms
+            super().handle_exit(sig, frame)
+
+    server = _Server(uvicorn.Config(
+        app, host=config.host, port=config.port, log_level=config.log_level, access_log=False,
         timeout_graceful_shutdown=int(config.graceful_timeout), server_header=False,
     ))
 
@@ -375,10 +371,10 @@ def serve(config: ServerConfig, log_level: str = "info") -> None:
         server.should_exit = True
 
     state.on_load_failure = stop
-    logger.info("serving %s on http://%s:%d", config.model_dir, config.host, config.port)
+    logger.info("serving %s on http://%s:%d", state.model_dir, config.host, config.port)
     server.run()
     if state.load_error is not None:
-        raise ModelLoadError(f"{config.model_dir}: {state.load_error}")
+        raise ModelLoadError(f"{state.model_dir}: {state.load_error}")
 
 
 class ModelLoadError(EmbedrtError, RuntimeError):
