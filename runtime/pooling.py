@@ -77,3 +77,24 @@ def _unit_rows(matrix: FloatArray, name: str) -> FloatArray:
             f"cosine_similarity: row {int(zero[0])} of {name} is all zeros; its cosine is undefined"
         )
     return matrix / norms  # type: ignore[no-any-return]
+
+
+def row_cosines(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Cosine of each row of ``a`` with the same row of ``b`` (float64, shape ``(n,)``).
+
+    The one home of the per-row cosine that parity, the accuracy search and the benchmark
+    report. Rows need not be normalised; an all-zero row gives 0 (norms floored at 1e-12).
+
+    Raises:
+        ValueError: ``a`` or ``b`` is not 2-D, or their shapes differ.
+    """
+    left = np.asarray(a, dtype=np.float64)
+    right = np.asarray(b, dtype=np.float64)
+    if left.ndim != 2 or left.shape != right.shape:
+        raise ValueError(
+            f"row_cosines: expected two 2-D arrays of one shape, got {left.shape} and {right.shape}"
+        )
+    norms = np.maximum(np.linalg.norm(left, axis=1), 1e-12) * np.maximum(
+        np.linalg.norm(right, axis=1), 1e-12
+    )
+    return (left * right).sum(axis=1) / norms  # type: ignore[no-any-return]

@@ -210,3 +210,13 @@ def test_warns_once_per_load_when_cpu_lacks_the_artefacts_features(
             Embedder.load(copy)
         lines = [r.getMessage() for r in caplog.records if "CPU features this CPU lacks" in r.getMessage()]
         assert len(lines) == 1 and "no_such_cpu_flag_x" in lines[0] and str(copy) in lines[0]
+
+
+def test_row_cosines_pair_rows_and_refuse_mismatched_shapes() -> None:
+    from embedrt.runtime.pooling import row_cosines
+
+    a = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    b = np.array([[2.0, 0.0], [1.0, -1.0], [1.0, 0.0]])
+    np.testing.assert_allclose(row_cosines(a, b), [1.0, 0.0, 0.0], atol=1e-12)
+    with pytest.raises(ValueError, match="two 2-D arrays of one shape"):
+        row_cosines(a, b[:2])
