@@ -1,0 +1,502 @@
+"""Exact top-k search by cosine over the Parquet shards of an ``embed-corpus`` run.
+
+The shards are read in blocks (bounded memory: one decoded block and a running top-k per
+query; never the whole corpus), every vector is scored, and a running top-k is kept with
+``numpy.argpartition``. Precisions:
+
+- ``float32`` / ``float16``: the cosine of the float query with each stored vector: exact.
+- ``int8`` / ``ubinary``: a first pass on the compact codes, as sentence-transformers'
+  quantised search does: int8 by the integer dot product of the int8-quantised query with each
+  code vector (usearch's ``ip`` metric on int8, exact in float32 for ``dim <= 1024``), ubinary by
+  Hamming distance (scored ``1 - 2 * hamming / dim``, the cosine of the +-1 vectors). It keeps
+  ``k * rescore_multiplier`` candidates, which are then rescored with the cosine of the float
+  query and the dequantised vectors (:func:`~embedrt.runtime.precision.dequantize_embeddings`).
+  Without rescoring, scores are the first pass's.
+
+Results are ordered by score, ties by position in the run (shard order, then row order).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import ArtefactError, ArtefactNotFoundError, MissingExtraError, Param
+from ..manifest import MANIFEST_FILE, sha256_file
+from ..precision import (
+    CODE_DTYPES,
+    CalibrationError,
+    Int8Calibration,
+    PrecisionError,
+    check_precision,
+    code_width,
+    dequantize_embeddings,
+    quantize_embeddings,
+)
+from .errors import CorpusError
+from .record import RECORD_FORMAT, RECORD_VERSION, RUN_FILE
+
+if TYPE_CHECKING:
+    from embedrt.runtime.embedder import Embedder
+
+logger = logging.getLogger(__name__)
+
+# sentence-transformers' semantic_search_faiss / semantic_search_usearch default.
+DEFAULT_RESCORE_MULTIPLIER = 2
+DEFAULT_K = 10
+# Memory per block: the decoded float32 block, and the (queries x rows) scores.
+_BLOCK_BYTES = 32 << 20
+_SCORES_PER_BLOCK = 8 << 20
+_EXACT_FLOAT32_DOT_DIM = 1024  # int8 code dots stay below 2**24, exact in float32, up to here
+
+
+class SearchError(CorpusError):
+    """A search cannot run as asked: a bad ``k`` or query, or vectors of another dimension."""
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One result: the row's ``id`` and its ``score`` (cosine unless rescoring is off)."""
+
+    id: str
+    score: float
+
+
+def search(
+    directory: str | Path,
+    query: str,
+    *,
+    k: int = DEFAULT_K,
+    model: str | Path | None = None,
+    embedder: Embedder | None = None,
+    threads: int | None = None,
+    rescore: bool = True,
+    rescore_multiplier: int = DEFAULT_RESCORE_MULTIPLIER,
+) -> list[SearchHit]:
+    """Embed ``query`` with the run's model and return its top ``k`` rows, best first.
+
+    Args:
+        directory: the output directory of ``embed-corpus`` (holding ``run.json``).
+        query: the text to search for.
+        k: how many results.
+        model: an artefact directory to embed the query with instead of the run's own
+            (see :func:`query_model_dir`).
+        embedder: an already loaded embedder to use (``model`` is then ignored).
+        threads: onnxruntime threads for the query's embedder; default: the usable CPUs.
+        rescore: for int8/ubinary runs, rescore the candidates with float vectors.
+        rescore_multiplier: candidates kept for rescoring, as a multiple of ``k``.
+
+    Raises:
+        SearchError: ``query`` is empty, ``k`` or ``rescore_multiplier`` is below 1, or the
+            model's dimension differs from the run's.
+        CorpusError: ``run.json`` or a shard is missing or invalid.
+        ArtefactError: the run's model changed since the run, or cannot be loaded.
+        MissingExtraError: pyarrow (the [corpus] extra) is not installed.
+    """
+    if not isinstance(query, str) or not query.strip():
+        raise SearchError(f"the query must be a non-empty text, got {query!r}")
+    _check_counts(k, rescore_multiplier)
+    run = read_search_run(Path(directory))
+    if embedder is None:
+        from embedrt.runtime.embedder import Embedder
+
+        embedder = Embedder.load(query_model_dir(run, model), threads=threads)
+    vectors = embedder.embed([query])
+    return search_vectors(run.directory, vectors, k=k, rescore=rescore,
+                          rescore_multiplier=rescore_multiplier)[0]
+
+
+def query_model_dir(run: SearchRun, model: str | Path | None = None) -> Path:
+    """The artefact to embed queries with: ``model`` if given, else the one the run used.
+
+    The run's own artefact must still be the one it used: its ``manifest.json`` must have the
+    sha256 ``run.json`` recorded, or the query would be embedded by a different model than the
+    corpus. An explicit ``model`` is trusted (a different checksum is logged as a warning),
+    so a moved or re-exported artefact can still be used on purpose.
+
+    Raises:
+        ArtefactNotFoundError: the run's artefact no longer exists (pass ``model``).
+        ArtefactError: its manifest changed since the run (re-run, or pass ``model``).
+    """
+    if model is not None:
+        path = Path(model)
+        manifest = path / MANIFEST_FILE
+        if manifest.is_file() and run.manifest_sha256 and sha256_file(manifest) != run.manifest_sha256:
+            logger.warning(
+                "%s is not the artefact %s embedded with (%s %s; manifest checksum differs); "
+                "its query vectors may not match the corpus", path, run.directory,
+                run.model_name, run.variant,
+            )
+        return path
+    path = run.model_path
+    manifest = path / MANIFEST_FILE
+    if not manifest.is_file():
+        raise ArtefactNotFoundError(
+            f"{run.run_file}: the run's model artefact {path} ({run.model_name} {run.variant}) is "
+            "gone; pass the same model's artefact directory as {model} to embed the query",
+            params=[Param("model")],
+        )
+    found = sha256_file(manifest)
+    if run.manifest_sha256 and found != run.manifest_sha256:
+        raise ArtefactError(
+            f"{path}: its manifest changed since {run.run_file} was written (sha256 {found[:12]}..., "
+            f"the run recorded {run.manifest_sha256[:12]}...), so queries would not be embedded like "
+            "the corpus; re-run embed-corpus, or pass it as {model} to search with it anyway",
+            params=[Param("model")],
+        )
+    return path
+
+
+def search_vectors(
+    directory: str | Path,
+    query_vectors: npt.ArrayLike,
+    *,
+    k: int = DEFAULT_K,
+    rescore: bool = True,
+    rescore_multiplier: int = DEFAULT_RESCORE_MULTIPLIER,
+    block_rows: int | None = None,
+) -> list[list[SearchHit]]:
+    """Top ``k`` rows of the run for each float query vector ``(n_queries, dim)``.
+
+    Args:
+        directory: the output directory of ``embed-corpus``.
+        query_vectors: float queries embedded with the run's model (need not be normalised).
+        k: results per query; fewer when the run has fewer rows.
+        rescore: for int8/ubinary runs, rescore ``k * rescore_multiplier`` candidates with the
+            float query and dequantised vectors (else scores are the compact first pass's).
+        rescore_multiplier: candidates kept for rescoring, as a multiple of ``k``.
+        block_rows: rows decoded at once (default: about 32 MiB of float32).
+
+    Raises:
+        SearchError: ``k``/``rescore_multiplier``/``block_rows`` below 1, queries not a 2-D
+            float array, a zero or non-finite query, or queries of another dimension.
+        CorpusError: ``run.json`` or a shard is missing or invalid (a shard's embedding column
+            not of the run's precision and dimension, for one).
+        MissingExtraError: pyarrow (the [corpus] extra) is not installed.
+    """
+    _check_counts(k, rescore_multiplier)
+    if block_rows is not None and block_rows < 1:
+        raise SearchError(f"block_rows must be at least 1, got {block_rows}")
+    run = read_search_run(Path(directory))
+    queries = _unit_queries(query_vectors, run.dim)
+    quantised = run.precision in ("int8", "ubinary")
+    pool = k * rescore_multiplier if quantised and rescore else k
+    first = _FirstPass(run, queries)
+    rows = block_rows or max(1, min(_BLOCK_BYTES // (4 * run.dim), _SCORES_PER_BLOCK // len(queries)))
+    top = _RunningTopK(len(queries), pool, code_width(run.precision, run.dim), CODE_DTYPES[run.precision],
+                       keep_codes=quantised)
+    for start, codes in _blocks(run, rows):
+        top.add(first.scores(codes), start, codes)
+    scores, positions = top.scores, top.positions
+    if quantised and rescore:
+        scores = _rescore(run, queries, top.codes)
+    order = np.lexsort((positions, -scores), axis=-1)[:, :k] if scores.size else scores.astype(np.intp)
+    best_scores = np.take_along_axis(scores, order, axis=1)
+    best_positions = np.take_along_axis(positions, order, axis=1)
+    ids = _ids_at(run, np.unique(best_positions))
+    return [
+        [SearchHit(ids[int(p)], float(s)) for s, p in zip(row_scores, row_positions, strict=True)]
+        for row_scores, row_positions in zip(best_scores, best_positions, strict=True)
+    ]
+
+
+class _FirstPass:
+    """Scores of every stored row for each query, in the precision's own space."""
+
+    def __init__(self, run: SearchRun, queries: npt.NDArray[np.float32]) -> None:
+        self.precision = run.precision
+        self.dim = run.dim
+        if run.precision == "int8":
+            codes = quantize_embeddings(queries, "int8", run.calibration)
+            exact32 = run.dim <= _EXACT_FLOAT32_DOT_DIM
+            self.dtype: type[np.floating[Any]] = np.float32 if exact32 else np.float64
+            self.queries = codes.astype(self.dtype)
+        elif run.precision == "ubinary":
+            self.dtype = np.float32
+            self.queries = np.where(queries > 0, np.float32(1), np.float32(-1))
+        else:
+            self.dtype = np.float32
+            self.queries = queries
+
+    def scores(self, codes: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        if self.precision == "ubinary":
+            # +-1 vectors: dot = dim - 2 * hamming, so dot / dim = 1 - 2 * hamming / dim
+            bits = np.unpackbits(codes, axis=-1, count=self.dim).astype(np.float32)
+            bits *= 2
+            bits -= 1
+            agreement: npt.NDArray[np.float64] = (self.queries @ bits.T).astype(np.float64)
+            agreement /= self.dim
+            return agreement
+        block = codes.astype(self.dtype, copy=False)
+        dots: npt.NDArray[np.float64] = (self.queries @ block.T).astype(np.float64)
+        if self.precision == "int8":
+            return dots
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float64))
+        dots /= np.maximum(norms, 1e-12)
+        return dots
+
+
+class _RunningTopK:
+    """The best ``size`` scores per query seen so far, their positions and (optionally) codes."""
+
+    def __init__(
+        self, n_queries: int, size: int, width: int, dtype: type[np.generic], keep_codes: bool
+    ) -> None:
+        self.size = size
+        self.scores = np.empty((n_queries, 0), np.float64)
+        self.positions = np.empty((n_queries, 0), np.int64)
+        self.codes = np.empty((n_queries, 0, width), dtype) if keep_codes else None
+
+    def add(self, scores: npt.NDArray[np.float64], start: int, codes: npt.NDArray[Any]) -> None:
+        held = self.scores.shape[1]
+        merged = np.concatenate([self.scores, scores], axis=1)
+        if merged.shape[1] > self.size:
+            keep = np.argpartition(-merged, self.size - 1, axis=1)[:, : self.size]
+        else:
+            keep = np.broadcast_to(np.arange(merged.shape[1]), merged.shape)
+        old = keep < held
+        query_rows = np.broadcast_to(np.arange(len(keep))[:, None], keep.shape)
+        positions = np.where(old, 0, start + keep - held).astype(np.int64)
+        positions[old] = self.positions[query_rows[old], keep[old]]
+        if self.codes is not None:
+            kept = np.empty((*keep.shape, self.codes.shape[2]), self.codes.dtype)
+            kept[old] = self.codes[query_rows[old], keep[old]]
+            kept[~old] = codes[keep[~old] - held]
+            self.codes = kept
+        self.scores = np.take_along_axis(merged, keep, axis=1)
+        self.positions = positions
+
+
+def _rescore(
+    run: SearchRun, queries: npt.NDArray[np.float32], codes: npt.NDArray[Any] | None
+) -> npt.NDArray[np.float64]:
+    """Cosine of each float query with the dequantised vectors of its candidates."""
+    if codes is None or codes.shape[1] == 0:
+        return np.empty((len(queries), 0), np.float64)
+    n_queries, pool, width = codes.shape
+    vectors = dequantize_embeddings(codes.reshape(-1, width), run.precision, run.calibration, dim=run.dim)
+    vectors = vectors.reshape(n_queries, pool, run.dim).astype(np.float64)
+    norms = np.maximum(np.linalg.norm(vectors, axis=2), 1e-12)
+    return np.einsum("qd,qkd->qk", queries.astype(np.float64), vectors) / norms  # type: ignore[no-any-return]
+
+
+def _unit_queries(query_vectors: npt.ArrayLike, dim: int) -> npt.NDArray[np.float32]:
+    queries = np.asarray(query_vectors)
+    if queries.ndim != 2 or len(queries) == 0 or not np.issubdtype(queries.dtype, np.floating):
+        raise SearchError(
+            f"query vectors must be a non-empty 2-D float array (queries x dimension), got a "
+            f"{queries.ndim}-D {queries.dtype.name} array of shape {queries.shape}"
+        )
+    if queries.shape[1] != dim:
+        raise SearchError(
+            f"the query vectors have dimension {queries.shape[1]}, the run's vectors {dim}; embed the "
+            "queries with the model the run used (run.json names it)"
+        )
+    norms = np.linalg.norm(queries.astype(np.float64), axis=1)
+    if not (np.isfinite(norms).all() and (norms > 0).all()):
+        raise SearchError("every query vector must be finite and non-zero")
+    unit: npt.NDArray[np.float32] = (queries / norms[:, None]).astype(np.float32)
+    return unit
+
+
+def _check_counts(k: int, rescore_multiplier: int) -> None:
+    for name, value in (("k", k), ("rescore_multiplier", rescore_multiplier)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SearchError(f"{name} must be a whole number of at least 1, got {value!r}")
+
+
+def _pyarrow_parquet() -> Any:  # pyarrow ships no type information to check against
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as err:
+        raise MissingExtraError("corpus", "searching an embedded corpus", "pyarrow") from err
+    return pq
+
+
+def _blocks(run: SearchRun, rows: int) -> Iterator[tuple[int, npt.NDArray[Any]]]:
+    """``(position of the first row, codes (rows, width))`` over every shard, in run order."""
+    pq = _pyarrow_parquet()
+    width = code_width(run.precision, run.dim)
+    dtype = np.dtype(CODE_DTYPES[run.precision])
+    start = 0
+    for shard in run.shards:
+        parquet = _open_shard(pq, shard)
+        _check_embedding_column(parquet.schema_arrow, shard, run, width, dtype)
+        for batch in parquet.iter_batches(batch_size=rows, columns=["embedding"]):
+            column = batch.column(0)
+            if column.null_count:
+                raise CorpusError(f"{shard}: the embedding column has {column.null_count} empty rows")
+            codes = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+            yield start, codes
+            start += len(codes)
+
+
+def _open_shard(pq: Any, shard: Path) -> Any:  # pyarrow objects are untyped
+    if not shard.is_file():
+        raise CorpusError(
+            f"{shard}: a shard run.json lists is missing; re-run embed-corpus on the directory"
+        )
+    try:
+        return pq.ParquetFile(shard)
+    except Exception as err:  # pyarrow raises ArrowInvalid/OSError variants for a corrupt file
+        raise CorpusError(f"{shard}: not a readable Parquet shard ({err})") from err
+
+
+def _check_embedding_column(
+    schema: Any, shard: Path, run: SearchRun, width: int, dtype: np.dtype[Any]  # pyarrow schema
+) -> None:
+    import pyarrow as pa
+
+    if "embedding" not in schema.names or "id" not in schema.names:
+        raise CorpusError(f"{shard}: expected columns id and embedding, found {', '.join(schema.names)}")
+    kind = schema.field("embedding").type
+    expected = pa.list_(pa.from_numpy_dtype(dtype), width)
+    if kind != expected:
+        raise SearchError(
+            f"{shard}: embedding column is {kind}, but run.json says {run.precision} vectors of "
+            f"dimension {run.dim} ({expected}); the shard does not belong to this run"
+        )
+
+
+def _ids_at(run: SearchRun, positions: npt.NDArray[np.int64]) -> dict[int, str]:
+    """The ``id`` of each row position (positions count rows across shards in run order)."""
+    pq = _pyarrow_parquet()
+    found: dict[int, str] = {}
+    start = 0
+    for shard in run.shards:
+        if len(found) == len(positions):
+            break
+        parquet = pq.ParquetFile(shard)
+        stop = start + parquet.metadata.num_rows
+        inside = positions[(positions >= start) & (positions < stop)]
+        if inside.size:
+            ids = parquet.read(columns=["id"]).column("id").take(inside - start).to_pylist()
+            found.update(zip(inside.tolist(), ids, strict=True))
+        start = stop
+    return found
+
+
+# --- What search needs from run.json, read in this one place -------------------------------
+
+
+
+@dataclass(frozen=True)
+class SearchRun:
+    """The fields of a run's ``run.json`` that search needs.
+
+    Attributes:
+        directory: the run's output directory.
+        run_file: its ``run.json``.
+        model_path: the artefact directory the corpus was embedded with.
+        model_name: the model's name (for messages).
+        variant: the artefact's variant (for messages).
+        manifest_sha256: sha256 of the artefact's ``manifest.json`` at the time of the run.
+        dim: the embedding dimension.
+        precision: how the vectors are stored (one of ``PRECISIONS``).
+        calibration: the int8 ranges (int8 runs only).
+        shards: the finished shards, in run order.
+    """
+
+    directory: Path
+    run_file: Path
+    model_path: Path
+    model_name: str
+    variant: str
+    manifest_sha256: str
+    dim: int
+    precision: str
+    calibration: Int8Calibration | None
+    shards: tuple[Path, ...]
+
+
+def read_search_run(directory: Path) -> SearchRun:
+    """Read what search needs from ``directory/run.json``.
+
+    Raises:
+        CorpusError: the directory or its ``run.json`` does not exist (a
+            ``FileNotFoundError`` too), is not valid JSON, or lacks a field search needs.
+    """
+    import json
+
+    run_file = directory / RUN_FILE
+    if not run_file.is_file():
+        what = "no such directory" if not directory.is_dir() else f"no {RUN_FILE} in it"
+        raise RunNotFoundError(
+            f"{directory}: {what}; search reads the output directory of 'embedrt embed-corpus ... --out DIR'"
+        )
+    try:
+        data = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CorpusError(f"{run_file}: cannot be read as JSON ({err})") from err
+    field = _RunFields(run_file, data)
+    if data.get("format") != RECORD_FORMAT or data.get("version") != RECORD_VERSION:
+        raise CorpusError(
+            f"{run_file}: not an embedrt corpus run record of a version this embedrt reads (format "
+            f"{data.get('format')!r} version {data.get('version')!r}, expected {RECORD_FORMAT!r} "
+            f"version {RECORD_VERSION})"
+        )
+    model = field.mapping(data, "model")
+    dim = field.get(model, "dim", int)
+    stored = data.get("precision")
+    if stored is None:
+        raise CorpusError(f"{run_file}: the run has not started embedding (no precision recorded yet); "
+                          "nothing to search")
+    stored = field.mapping(data, "precision")
+    try:
+        precision = check_precision(field.get(stored, "name", str))
+        calibration = None
+        if precision == "int8":
+            calibration = Int8Calibration.from_dict(
+                field.get(stored, "calibration", dict), origin=f"{run_file}: precision.calibration"
+            )
+    except PrecisionError as err:
+        raise CorpusError(f"{run_file}: {err}") from err
+    if calibration is not None and calibration.dim != dim:
+        raise CalibrationError(f"{run_file}: the int8 calibration is for dimension {calibration.dim}, "
+                               f"the model's is {dim}")
+    if data.get("status") != "complete":
+        logger.warning("%s: the run is not complete; searching its %d finished shards only",
+                       directory, len(field.get(data, "shards", list)))
+    shards = tuple(directory / field.get(entry, "shard", str) for entry in field.get(data, "shards", list))
+    model_path = Path(field.get(model, "path", str))
+    return SearchRun(
+        directory=directory, run_file=run_file,
+        model_path=model_path if model_path.is_absolute() else directory / model_path,
+        model_name=field.get(model, "name", str), variant=field.get(model, "variant", str),
+        manifest_sha256=field.get(model, "manifest_sha256", str), dim=dim, precision=precision,
+        calibration=calibration, shards=shards,
+    )
+
+
+class RunNotFoundError(CorpusError, FileNotFoundError):
+    """The directory searched holds no ``run.json``."""
+
+
+class _RunFields:
+    """Typed access to run.json's fields, naming the file and field in errors."""
+
+    def __init__(self, run_file: Path, data: Any) -> None:  # parsed JSON
+        self.run_file = run_file
+        if not isinstance(data, dict):
+            raise CorpusError(f"{run_file}: expected a JSON object, got {type(data).__name__}")
+
+    def mapping(self, data: Any, name: str) -> dict[str, Any]:  # parsed JSON
+        value: dict[str, Any] = self.get(data, name, dict)
+        return value
+
+    def get(self, data: Any, name: str, kind: type) -> Any:  # parsed JSON, checked against kind
+        if not isinstance(data, dict) or name not in data:
+            raise CorpusError(
+                f"{self.run_file}: field {name!r} is missing; was this written by embed-corpus?"
+            )
+        value = data[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise CorpusError(f"{self.run_file}: field {name!r} must be a {kind.__name__}, "
+                              f"got {type(value).__name__}")
+        return value
