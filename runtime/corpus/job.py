@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -28,8 +28,9 @@ from .errors import CorpusError
 from .formats import DEFAULT_TEXT_COLUMN, Columns
 from .ids import IdIndex
 from .inputs import find_inputs
-from .reader import BAD_ROW_POLICIES, BadRowPolicy, Chunk, Plan, Unit, first_texts, plan_corpus, read_unit
+from .reader import BAD_ROW_POLICIES, BadRowPolicy, Plan, Unit, first_texts, plan_corpus
 from .record import RunRecord, locked
+from .work import UnitTask
 from .writer import ITEM_TYPES, WORK_DIR, FinishedUnit, ShardWriter
 
 ENGINES = ("local", "ray")
@@ -39,8 +40,8 @@ ENGINES = ("local", "ray")
 class CorpusOptions:
     """How to run a corpus job.
 
-    Every field but ``on_bad_row``, ``threads``, ``queue_chunks``, ``overwrite`` and ``engine``
-    is part of the run's identity: resuming with another value is refused, because it would
+    Every field but ``on_bad_row``, ``threads``, ``queue_chunks``, ``overwrite``, ``engine`` and
+    ``engine_options`` is part of the run's identity: resuming with another value is refused, because it would
     change the output.
 
     Attributes:
@@ -59,6 +60,8 @@ class CorpusOptions:
         queue_chunks: chunks waiting between reader, embedder and writer (memory bound).
         overwrite: delete a run of other inputs or settings in the output directory first.
         engine: ``local`` (this process) or ``ray`` (Ray Data; the [ray] extra).
+        engine_options: the engine's own settings (Ray: address, actors, CPUs per actor),
+            recorded per session in ``run.json``, never part of the run's identity.
     """
 
     text_column: str = DEFAULT_TEXT_COLUMN
@@ -73,6 +76,7 @@ class CorpusOptions:
     queue_chunks: int = 4
     overwrite: bool = False
     engine: str = "local"
+    engine_options: Mapping[str, Any] = field(default_factory=dict)  # JSON values
 
     def settings(self) -> dict[str, Any]:  # JSON values
         """The settings ``run.json`` records (the run's identity, plus ``on_bad_row``)."""
@@ -177,11 +181,14 @@ class Job:
         """Row -> reason for the rows of ``unit`` whose id an earlier row holds."""
         return self.ids.duplicates(unit.input, unit.start.row, unit.last_row) if self.ids else {}
 
-    def read(self, unit: Unit) -> Iterator[Chunk]:
-        """Stream ``unit`` as chunks (see :func:`read_unit`)."""
-        return read_unit(
+    def task(self, unit: Unit) -> UnitTask:
+        """``unit`` as a self-contained, picklable task.
+
+        Run it with :func:`~.work.process_unit`, or stream it with :meth:`UnitTask.chunks`.
+        """
+        return UnitTask(
             self.plan.inputs[unit.input], unit, self.columns, self.options.chunk_rows,
-            on_bad_row=self.options.on_bad_row, duplicates=self.duplicates(unit),
+            self.options.on_bad_row, self.duplicates(unit),
         )
 
     def step(self) -> EmbeddingStep:
@@ -280,7 +287,7 @@ def embed_corpus(
                 out, model_dir, plan, tuple(u for u in plan.units if u.name not in record.finished),
                 columns, options, None, record, ids, progress, threads,
             )
-            record.start_session(options.engine, threads, plan.rows)
+            record.start_session(options.engine, threads, plan.rows, options.engine_options)
             job.calibration = _precision(job)
             _engine(options.engine)(job)
             rows = record.data["timings"]["sessions"][-1]["rows"]

@@ -66,7 +66,7 @@ def run(job: Job) -> None:
 
     def read() -> None:
         for unit in job.pending:
-            for chunk in job.read(unit):
+            for chunk in job.task(unit).chunks():
                 chunks.put(chunk)
         chunks.put(_END)
 

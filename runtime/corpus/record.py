@@ -102,11 +102,14 @@ class RunRecord:
         """Whether every unit was written and ``skipped.jsonl`` assembled."""
         return bool(self.data["status"] == "complete")
 
-    def start_session(self, engine: str, threads: int, rows: int) -> None:
-        """Note a new session (engine, threads) and the corpus's row total; saves."""
-        self.data["timings"]["sessions"].append(
-            {"started_at": _now(), "engine": engine, "threads": threads, "rows": 0, "seconds": 0.0}
-        )
+    def start_session(
+        self, engine: str, threads: int, rows: int, engine_options: Mapping[str, Any] | None = None
+    ) -> None:
+        """Note a new session (engine, its options, threads) and the corpus's row total; saves."""
+        self.data["timings"]["sessions"].append({
+            "started_at": _now(), "engine": engine, "engine_options": dict(engine_options or {}),
+            "threads": threads, "rows": 0, "seconds": 0.0,
+        })
         self._session_start = time.monotonic()
         self._update_counts(rows)
         self.save()
@@ -242,6 +245,18 @@ def locked(out_dir: Path) -> Iterator[None]:
     with (work / LOCK_FILE).open("a+") as handle:
         _lock(handle, out_dir)
         yield
+
+
+def load_record(out_dir: str | os.PathLike[str]) -> dict[str, Any]:  # JSON data
+    """The validated content of ``out_dir/run.json`` (for readers of a run, like search).
+
+    Raises:
+        CorpusError: there is no ``run.json``, or it is not a readable run record.
+    """
+    path = Path(out_dir) / RUN_FILE
+    if not path.is_file():
+        raise CorpusError(f"{path}: no such file; {out_dir} is not the output of embedrt embed-corpus")
+    return _read(path)
 
 
 def _read(path: Path) -> dict[str, Any]:  # JSON data

@@ -2,7 +2,7 @@
 
 The shards are read in blocks (bounded memory: one decoded block and a running top-k per
 query; never the whole corpus), every vector is scored, and a running top-k is kept with
-``numpy.argpartition``. Precisions:
+``numpy.partition``. Precisions:
 
 - ``float32`` / ``float16``: the cosine of the float query with each stored vector: exact.
 - ``int8`` / ``ubinary``: a first pass on the compact codes, as sentence-transformers'
@@ -243,7 +243,12 @@ class _FirstPass:
 
 
 class _RunningTopK:
-    """The best ``size`` scores per query seen so far, their positions and (optionally) codes."""
+    """The best ``size`` rows per query seen so far: highest score first, then lowest position.
+
+    Ties are broken by position, so the result does not depend on how the rows were cut into
+    blocks (ubinary's Hamming scores tie often). The held rows stay in position order, which
+    makes "lowest position" the same as "leftmost column" in each merge.
+    """
 
     def __init__(
         self, n_queries: int, size: int, width: int, dtype: type[np.generic], keep_codes: bool
@@ -254,12 +259,19 @@ class _RunningTopK:
         self.codes = np.empty((n_queries, 0, width), dtype) if keep_codes else None
 
     def add(self, scores: npt.NDArray[np.float64], start: int, codes: npt.NDArray[Any]) -> None:
+        """Merge a block's ``scores`` ``(queries, rows)``; its first row is at ``start``."""
         held = self.scores.shape[1]
         merged = np.concatenate([self.scores, scores], axis=1)
-        if merged.shape[1] > self.size:
-            keep = np.argpartition(-merged, self.size - 1, axis=1)[:, : self.size]
+        width = merged.shape[1]
+        if width > self.size:
+            threshold = np.partition(merged, width - self.size, axis=1)[:, width - self.size, None]
+            above = merged > threshold
+            ties = merged == threshold
+            wanted = self.size - above.sum(axis=1, keepdims=True)
+            keep_mask = above | (ties & (np.cumsum(ties, axis=1) <= wanted))
+            keep = np.nonzero(keep_mask)[1].reshape(len(merged), self.size)  # columns, in order
         else:
-            keep = np.broadcast_to(np.arange(merged.shape[1]), merged.shape)
+            keep = np.broadcast_to(np.arange(width), merged.shape)
         old = keep < held
         query_rows = np.broadcast_to(np.arange(len(keep))[:, None], keep.shape)
         positions = np.where(old, 0, start + keep - held).astype(np.int64)
@@ -356,11 +368,12 @@ def _check_embedding_column(
     if "embedding" not in schema.names or "id" not in schema.names:
         raise CorpusError(f"{shard}: expected columns id and embedding, found {', '.join(schema.names)}")
     kind = schema.field("embedding").type
-    expected = pa.list_(pa.from_numpy_dtype(dtype), width)
-    if kind != expected:
+    item = pa.from_numpy_dtype(dtype)
+    if not (pa.types.is_fixed_size_list(kind) and kind.value_type == item and kind.list_size == width):
         raise SearchError(
             f"{shard}: embedding column is {kind}, but run.json says {run.precision} vectors of "
-            f"dimension {run.dim} ({expected}); the shard does not belong to this run"
+            f"dimension {run.dim} (a fixed-size list of {width} {item}); the shard does not belong "
+            "to this run"
         )
 
 
