@@ -29,6 +29,7 @@ COMMANDS = (
     "info",
     "serve",
     "bench",
+    "embed-corpus",
 )
 
 app = typer.Typer(
