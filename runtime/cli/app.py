@@ -29,6 +29,7 @@ COMMANDS = (
     "info",
     "serve",
     "bench",
+    "search",
     "embed-corpus",
 )
 
