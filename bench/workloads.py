@@ -23,6 +23,8 @@ BUCKETS = ("short", "medium", "long")
 MEDIUM_TOKENS = (24, 36)
 LONG_TOKENS = (160, 340)
 THRESHOLDS = (128, 256)
+# The STS-B dev set shipped as embedrt.bench's package data (licence and attribution beside it).
+SHIPPED_STS = Path(__file__).resolve().parent / "data" / "stsb-dev" / "dev.tsv"
 _WORDS = (
     "the a one this that some every many few all people time year way day man woman child "
     "world life hand part place case week company system program question work government "
@@ -90,6 +92,11 @@ def read_sts(path: Path) -> tuple[list[tuple[str, str]], list[float]]:
     return pairs, scores
 
 
+def default_sts() -> Path | None:
+    """The shipped STS-B dev file, or None where an install left the package data out."""
+    return SHIPPED_STS if SHIPPED_STS.is_file() else None
+
+
 def generated_sentences(count: int, seed: int = 0) -> list[str]:
     """``count`` deterministic sentences of 5-16 words from a fixed word list."""
     rng = np.random.default_rng(seed)
@@ -149,8 +156,10 @@ def build_workload(
     rng = np.random.default_rng(1)
     buckets = {
         "short": sentences[: sizes["short"]],
-        "medium": join_to_targets(sentences, lengths, rng.integers(*MEDIUM_TOKENS, sizes["medium"])),
-        "long": join_to_targets(sentences[::-1], lengths[::-1], rng.integers(*LONG_TOKENS, sizes["long"])),
+        "medium": join_to_targets(
+            sentences, lengths, rng.integers(*MEDIUM_TOKENS, sizes["medium"]).tolist()),
+        "long": join_to_targets(
+            sentences[::-1], lengths[::-1], rng.integers(*LONG_TOKENS, sizes["long"]).tolist()),
     }
     return Workload(buckets, pairs, scores, source)
 
