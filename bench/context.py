@@ -15,7 +15,7 @@ from typing import Any
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
 LIBRARIES = (
     "embedrt", "numpy", "onnxruntime", "tokenizers", "torch", "transformers",
-    "sentence-transformers", "fastembed", "matplotlib",
+    "sentence-transformers", "fastembed", "matplotlib", "openvino", "nncf", "optimum",
 )
 
 

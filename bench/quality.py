@@ -10,20 +10,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from embedrt.runtime.pooling import row_cosines
 
 from .systems import System
 
 INVARIANCE_BATCH_SIZES = (8, 32, 128)
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
-
-
-def row_cosines(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """Cosine of each row of ``left`` with the same row of ``right``."""
-    return np.sum(_unit(left.astype(np.float64)) * _unit(right.astype(np.float64)), axis=1)
 
 
 def cosine_stats(cosines: np.ndarray) -> dict[str, float | int | None]:

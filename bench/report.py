@@ -183,7 +183,8 @@ def _startup_section(results: dict[str, Any]) -> list[str]:
 
 
 def _quality_section(results: dict[str, Any]) -> list[str]:
-    sizes = list(next(iter(results["quality"].values()), {}).get("batch_invariance", {}))
+    first: dict[str, Any] = next(iter(results["quality"].values()), {})
+    sizes = list(first.get("batch_invariance", {}))
     header = ["system", *[f"cos {b} min / mean" for b in BUCKETS],
               *[f"cos > {t} tok min / mean (n)" for t in THRESHOLDS], "STS Spearman ×100",
               *[f"invariance b={b} min" for b in sizes]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -120,16 +121,31 @@ def discover_artefacts(models_dir: Path | None, named: Sequence[Path]) -> list[P
 
 
 def system_specs(artefacts: Sequence[Path], threads: int) -> list[SystemSpec]:
-    """One spec per artefact, plus torch and fastembed on the fp32 artefact's model."""
+    """One spec per artefact, plus torch, fastembed and the peers of :mod:`.peers`.
+
+    The peers run the fp32 artefact's model (without one they are reported as skipped).
+    Libraries called batch by batch get their batches in the order embedrt forms them, from
+    the fp32 artefact's tokenizer (the first artefact's without one).
+    """
     from embedrt.runtime import Manifest
+
+    from .peers import KIND_OPENVINO, KIND_OPENVINO_NNCF, KIND_ST_ONNX
 
     manifests = [(path, Manifest.load(path)) for path in artefacts]
     specs = [SystemSpec(f"embedrt-{path.name}", KIND_EMBEDRT, str(path), threads) for path, _ in manifests]
     fp32 = next((item for item in manifests if item[1].variant == "fp32"), None)
     reference = fp32 or (manifests[0] if manifests else None)
-    source = str(reference[1].source.get("path", "")) if reference else ""
-    specs.insert(0, SystemSpec("torch", KIND_TORCH, source, threads))
-    specs.append(SystemSpec("fastembed", KIND_FASTEMBED, str(fp32[0]) if fp32 else "", threads, source))
+    source = reference[1].source.path if reference else ""
+    order = str(reference[0]) if reference else ""
+    fp32_dir = str(fp32[0]) if fp32 else ""
+    specs.insert(0, SystemSpec("torch", KIND_TORCH, source, threads, order_by=order))
+    specs += [
+        SystemSpec("fastembed", KIND_FASTEMBED, fp32_dir, threads, source, order_by=order),
+        SystemSpec("openvino-f32", KIND_OPENVINO, fp32_dir, threads, option="f32"),
+        SystemSpec("openvino-bf16", KIND_OPENVINO, fp32_dir, threads, option="bf16"),
+        SystemSpec("openvino-nncf-int8", KIND_OPENVINO_NNCF, fp32_dir, threads, option="bf16"),
+        SystemSpec("st-onnx-int8", KIND_ST_ONNX, source, threads, source, order_by=order),
+    ]
     return specs
 
 
@@ -163,8 +179,8 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> dict[s
     specs = system_specs(options.artefacts, options.threads)
     tokenizer = Path(options.artefacts[0]) / "tokenizer.json"
     workload = build_workload(tokenizer, settings.bucket_sizes, options.sts, settings.sts_pairs)
-    with _quiet_truncation():
-        systems, statuses = load_systems(specs, options.skip)
+    with _quiet_truncation(), tempfile.TemporaryDirectory(prefix="embedrt-bench-peers-") as workdir:
+        systems, statuses = load_systems(specs, options.skip, Path(workdir))
         progress.start(_total_steps(settings, len(systems)))
         return _measure(options, workload, tokenizer, systems, statuses, progress)
 

@@ -67,9 +67,15 @@ def throughput(
     """Embed all ``texts`` in one call with ``batch_size``; median of ``repeats`` after a warm-up.
 
     Args:
+        systems: the systems, visited in turn in every repeat.
+        texts: what each call embeds.
         tokens: tokens the model processes for ``texts`` (for tokens/s).
+        batch_size: texts per batch.
+        repeats: timed calls per system.
+        advance: called after each timed call (progress).
 
-    Returns per system: ``texts_per_s``, ``tokens_per_s``, ``median_s`` and every repeat's ``seconds``.
+    Returns:
+        Per system: ``texts_per_s``, ``tokens_per_s``, ``median_s`` and every repeat's ``seconds``.
     """
     warm = list(texts[: max(batch_size, 8)])  # one full batch: first-call costs stay out
     for system in systems:
@@ -174,11 +180,14 @@ def _await_marker(child: subprocess.Popen[str], started: float, timeout: float) 
 
 def size_on_disk(spec: SystemSpec) -> dict[str, int]:
     """Bytes of the model's weights file and of its whole folder (symlinks followed)."""
+    from .peers import model_files
+
     folder = Path(spec.path)
     if spec.kind == KIND_TORCH:
         weights = list(folder.glob("*.safetensors")) or list(folder.glob("*.bin"))
     else:
-        weights = [folder / "model.onnx"]
+        weights = model_files(spec)
+        folder = weights[0].parent if spec.prepared else folder
     files = [p for p in folder.rglob("*") if p.is_file()]
     return {
         "model_file_bytes": sum(p.stat().st_size for p in weights if p.is_file()),

@@ -1,22 +1,33 @@
 """The systems a benchmark compares, behind one small protocol.
 
 Each adapter wraps one way of running the model: an embedrt artefact, the original model
-on torch with sentence-transformers, and fastembed pointed at an embedrt fp32 ONNX file.
+on torch with sentence-transformers, fastembed pointed at an embedrt fp32 ONNX file, and the
+engines in :mod:`.peers` (OpenVINO, OpenVINO + NNCF int8, sentence-transformers' ONNX backend).
 Adapters are built from a :class:`SystemSpec`, plain data that a cold-start subprocess can
 receive as JSON, and import their libraries only when built.
+
+Every system sees the same batches: embedrt sorts a call's texts by token count and cuts
+batches of ``batch_size`` from that order; the other libraries are called once per batch of
+that same order (:func:`embed_in_length_order`), so none pays for, or saves on, padding
+differently.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +52,10 @@ class SystemSpec:
         path: the artefact directory (embedrt, fastembed) or the source model folder (torch).
         threads: intra-op thread budget, the same for every system in a run.
         source: the source model folder (fastembed reads its tokenizer config from there).
+        option: a kind's setting, e.g. OpenVINO's precision hint (``f32``, ``bf16``).
+        prepared: a file or folder made for this system before the run (see :mod:`.peers`).
+        order_by: the embedrt artefact whose tokenizer and ``max_seq_length`` order texts into
+            batches for libraries that are called batch by batch (empty: the library's own).
     """
 
     name: str
@@ -48,6 +63,9 @@ class SystemSpec:
     path: str
     threads: int
     source: str = ""
+    option: str = ""
+    prepared: str = ""
+    order_by: str = ""
 
     def to_json(self) -> str:
         """The spec as one JSON string."""
@@ -65,9 +83,71 @@ class System(Protocol):
     spec: SystemSpec
     metadata: dict[str, Any]
 
-    def embed(self, texts: Sequence[str], batch_size: int | None) -> np.ndarray:
+    def embed(self, texts: Sequence[str], batch_size: int | None) -> npt.NDArray[np.float32]:
         """Embed ``texts`` in one call; ``batch_size=None`` uses the system's own default."""
         ...
+
+
+def runtime_tokenizers(tokenizer_file: Path, max_seq_length: int) -> tuple[Tokenizer, Tokenizer]:
+    """A truncating and an untruncated tokenizer, set up as embedrt's runtime sets them up.
+
+    tokenizer.json's own padding and truncation are dropped; truncation is at ``max_seq_length``.
+
+    Raises:
+        SystemUnavailable: the file cannot be read.
+    """
+    from tokenizers import Tokenizer
+
+    try:
+        truncating = Tokenizer.from_file(str(tokenizer_file))
+        untruncated = Tokenizer.from_file(str(tokenizer_file))
+    except Exception as err:  # tokenizers raises a bare Exception for a bad or missing file
+        raise SystemUnavailable(f"{tokenizer_file}: cannot read the tokenizer ({err})") from err
+    for tokenizer in (truncating, untruncated):
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+    truncating.enable_truncation(max_length=max_seq_length)
+    return truncating, untruncated
+
+
+@functools.lru_cache(maxsize=4)
+def _ordering_tokenizer(artefact: str) -> Tokenizer:
+    from embedrt.runtime import Manifest
+
+    manifest = Manifest.load(Path(artefact))
+    return runtime_tokenizers(Path(artefact) / "tokenizer.json", manifest.max_seq_length)[0]
+
+
+def length_order_batches(
+    spec: SystemSpec, texts: Sequence[str], batch_size: int
+) -> list[npt.NDArray[np.intp]]:
+    """Positions of ``texts`` in batches as embedrt forms them.
+
+    A stable sort by truncated token count, then consecutive runs of ``batch_size``. Without
+    ``spec.order_by``: one batch, in input order.
+    """
+    if not spec.order_by or len(texts) <= 1:
+        return [np.arange(len(texts))]
+    encodings = _ordering_tokenizer(spec.order_by).encode_batch(list(texts))
+    lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+    order = np.argsort(lengths, kind="stable")
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def embed_in_length_order(
+    spec: SystemSpec, texts: Sequence[str], batch_size: int,
+    run: Callable[[list[str]], npt.NDArray[np.float32]],
+) -> npt.NDArray[np.float32]:
+    """Call ``run`` once per batch of :func:`length_order_batches`; rows back in input order."""
+    vectors: npt.NDArray[np.float32] | None = None
+    for rows in length_order_batches(spec, texts, batch_size):
+        batch = run([texts[i] for i in rows])
+        if vectors is None:
+            vectors = np.empty((len(texts), batch.shape[1]), dtype=np.float32)
+        vectors[rows] = batch
+    if vectors is None:
+        raise ValueError("embed_in_length_order: no texts to embed")
+    return vectors
 
 
 @dataclass
@@ -91,13 +171,13 @@ class EmbedrtSystem:
         manifest = self._embedder.manifest
         self.metadata = {
             "variant": manifest.variant,
-            "recipe": dict(manifest.recipe),
+            "recipe": manifest.recipe.to_dict(),
             "max_seq_length": manifest.max_seq_length,
             "default_batch_size": self._embedder.batch_size,
             "model_file": str(Path(spec.path) / "model.onnx"),
         }
 
-    def embed(self, texts: Sequence[str], batch_size: int | None) -> np.ndarray:
+    def embed(self, texts: Sequence[str], batch_size: int | None) -> npt.NDArray[np.float32]:
         """Embed with embedrt (length-sorted batches, dynamic padding)."""
         return self._embedder.embed(list(texts), batch_size=batch_size)
 
@@ -123,14 +203,18 @@ class SentenceTransformersSystem:
             "max_seq_length": int(self._model.max_seq_length),
             "default_batch_size": 32,
             "torch_threads": torch.get_num_threads(),
+            "batches": "length-sorted by the bench (as embedrt's)" if spec.order_by else "its own",
         }
 
-    def embed(self, texts: Sequence[str], batch_size: int | None) -> np.ndarray:
-        """Embed with ``SentenceTransformer.encode`` (it sorts by length too)."""
-        vectors = self._model.encode(
-            list(texts), batch_size=batch_size or 32, convert_to_numpy=True, show_progress_bar=False
-        )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+    def embed(self, texts: Sequence[str], batch_size: int | None) -> npt.NDArray[np.float32]:
+        """Embed with ``SentenceTransformer.encode``, one call per length-sorted batch."""
+
+        def run(batch: list[str]) -> npt.NDArray[np.float32]:
+            vectors = self._model.encode(batch, batch_size=len(batch), convert_to_numpy=True,
+                                         show_progress_bar=False)
+            return np.asarray(vectors, dtype=np.float32)
+
+        return embed_in_length_order(self.spec, texts, batch_size or 32, run)
 
 
 class FastembedSystem:
@@ -162,13 +246,21 @@ class FastembedSystem:
             "registration": "fastembed catalogue" if registered else "add_custom_model",
             "default_batch_size": 256,
             "model_file": str(Path(spec.path) / "model.onnx"),
+            "batches": "length-sorted by the bench (as embedrt's)" if spec.order_by else "its own",
         }
 
-    def embed(self, texts: Sequence[str], batch_size: int | None) -> np.ndarray:
-        """Embed with ``TextEmbedding.embed`` (fixed-size chunks in input order)."""
-        kwargs = {} if batch_size is None else {"batch_size": batch_size}
-        rows = list(self._model.embed(list(texts), **kwargs))
-        return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
+    def embed(self, texts: Sequence[str], batch_size: int | None) -> npt.NDArray[np.float32]:
+        """Embed with ``TextEmbedding.embed``, one call per length-sorted batch.
+
+        Left to itself fastembed cuts fixed-size chunks in input order; the bench hands it the
+        batches embedrt would form, so both pad alike.
+        """
+
+        def run(batch: list[str]) -> npt.NDArray[np.float32]:
+            rows = list(self._model.embed(batch, batch_size=len(batch)))
+            return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
+
+        return embed_in_length_order(self.spec, texts, batch_size or 256, run)
 
 
 def _fastembed_folder(artefact: Path, source: Path, folder: Path) -> Path:
@@ -186,7 +278,7 @@ def _fastembed_folder(artefact: Path, source: Path, folder: Path) -> Path:
 
 
 def _fastembed_model_name(text_embedding: Any, artefact: Path) -> tuple[str, bool]:
-    """fastembed's own catalogue entry for the model if it has one, else a custom registration."""
+    """The fastembed catalogue's entry for the model if it has one, else a custom registration."""
     from embedrt.runtime import Manifest
 
     manifest = Manifest.load(artefact)
@@ -208,11 +300,17 @@ def _fastembed_model_name(text_embedding: Any, artefact: Path) -> tuple[str, boo
     return name, False
 
 
-_ADAPTERS: dict[str, type] = {
-    KIND_EMBEDRT: EmbedrtSystem,
-    KIND_TORCH: SentenceTransformersSystem,
-    KIND_FASTEMBED: FastembedSystem,
-}
+def _adapters() -> dict[str, Callable[[SystemSpec], System]]:
+    from . import peers
+
+    return {
+        KIND_EMBEDRT: EmbedrtSystem,
+        KIND_TORCH: SentenceTransformersSystem,
+        KIND_FASTEMBED: FastembedSystem,
+        peers.KIND_OPENVINO: peers.OpenVINOSystem,
+        peers.KIND_OPENVINO_NNCF: peers.OpenVINOSystem,
+        peers.KIND_ST_ONNX: peers.SentenceTransformersOnnxSystem,
+    }
 
 
 def build_system(spec: SystemSpec) -> System:
@@ -222,18 +320,23 @@ def build_system(spec: SystemSpec) -> System:
         SystemUnavailable: its library is not installed or its files are missing.
         ValueError: ``spec.kind`` is unknown.
     """
-    adapter = _ADAPTERS.get(spec.kind)
+    adapters = _adapters()
+    adapter = adapters.get(spec.kind)
     if adapter is None:
-        raise ValueError(f"unknown system kind {spec.kind!r}; expected one of {', '.join(_ADAPTERS)}")
-    system: System = adapter(spec)
-    return system
+        raise ValueError(f"unknown system kind {spec.kind!r}; expected one of {', '.join(adapters)}")
+    return adapter(spec)
 
 
 def load_systems(
-    specs: Sequence[SystemSpec], skip: Sequence[str] = ()
+    specs: Sequence[SystemSpec], skip: Sequence[str] = (), workdir: Path | None = None
 ) -> tuple[list[System], list[SystemStatus]]:
-    """Build every spec; those skipped by kind or name, or that cannot run here, are kept as
-    skipped with the reason."""
+    """Build every spec; those skipped by kind or name, or that cannot run here, are kept as skipped.
+
+    Files a peer needs made first go under ``workdir``, which must outlive the systems
+    (without one, those peers are skipped). A skipped system's status holds the reason.
+    """
+    from .peers import prepare
+
     loaded: list[System] = []
     statuses: list[SystemStatus] = []
     for spec in specs:
@@ -241,6 +344,8 @@ def load_systems(
             statuses.append(SystemStatus(spec, "skipped", "excluded with --skip"))
             continue
         try:
+            if workdir is not None:
+                spec = prepare(spec, workdir)
             system = build_system(spec)
         except SystemUnavailable as err:
             logger.warning("skipping %s: %s", spec.name, err)
