@@ -58,8 +58,10 @@ def cpu_flags() -> frozenset[str]:
 
 
 def warn_missing_cpu_flags(required: Iterable[str], artefact: str) -> tuple[str, ...]:
-    """Log one warning when an artefact needs CPU flags this CPU lacks (once per call:
-    :meth:`Embedder.load` calls it once per model it loads).
+    """Log one warning when an artefact needs CPU flags this CPU lacks.
+
+    One warning per call: :meth:`Embedder.load` calls it once per model it loads (no
+    process-wide memory of what was already said).
 
     Returns the missing flags (empty when the CPU has them all or cannot be read).
     """

@@ -117,7 +117,7 @@ class Embedder:
         session = _open_session(model_path, thread_count, spin)
         _check_graph(session, manifest, model_path)
         tokenizer, untruncated = _load_tokenizers(tokenizer_path, manifest.max_seq_length)
-        warn_missing_cpu_flags(manifest.recipe.get("requires_cpu_flags", ()), str(directory))
+        warn_missing_cpu_flags(manifest.recipe.requires_cpu_flags, str(directory))
         return cls(
             manifest, session, tokenizer, untruncated, thread_count, batch_size, pad_to_multiple_of,
             max_batch_tokens,
@@ -184,8 +184,10 @@ class Embedder:
         return min(-(-longest // multiple) * multiple, max(longest, self.max_seq_length))
 
     def _calls(self, rows: npt.NDArray[np.intp], width: int) -> list[npt.NDArray[np.intp]]:
-        """``rows`` (length-sorted, padded to ``width``) split into equal parts of about
-        ``max_batch_tokens`` tokens."""
+        """Split ``rows`` (length-sorted, padded to ``width``) into calls of ~``max_batch_tokens``.
+
+        The parts have equal row counts.
+        """
         parts = min(len(rows), -(-len(rows) * width // self.max_batch_tokens))
         if parts > 1:
             logger.debug("batch of %d x %d tokens runs as %d calls (max_batch_tokens=%d)",
@@ -193,8 +195,10 @@ class Embedder:
         return list(np.array_split(rows, max(parts, 1)))
 
     def tokenize(self, texts: Sequence[str], truncate: bool = True) -> list[Encoding]:
-        """Tokenise ``texts`` at ``max_seq_length`` (unpadded). For callers that form their
-        own batches, like the server; ``encoding.overflowing`` is non-empty when truncated.
+        """Tokenise ``texts`` at ``max_seq_length`` (unpadded).
+
+        For callers that form their own batches, like the server; ``encoding.overflowing``
+        is non-empty when an input was truncated.
 
         Raises:
             InputTooLongError: ``truncate`` is False and an input exceeds ``max_seq_length``.

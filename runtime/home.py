@@ -1,4 +1,4 @@
-"""Where exported models live by default, so a command finds them from any directory.
+r"""Where exported models live by default, so a command finds them from any directory.
 
 The home is ``$EMBEDRT_HOME`` if set, else the platform's per-user data directory
 (``$XDG_DATA_HOME/embedrt`` or ``~/.local/share/embedrt`` on Linux,
@@ -31,7 +31,7 @@ class NoModelError(ArtefactNotFoundError):
 
 
 def home() -> Path:
-    """embedrt's per-user directory (it may not exist yet)."""
+    """The per-user directory of embedrt (it may not exist yet)."""
     configured = os.environ.get(HOME_ENV)
     if configured:
         return Path(configured).expanduser()

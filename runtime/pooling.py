@@ -40,9 +40,12 @@ def l2_normalize(vectors: npt.NDArray[Any]) -> FloatArray:
     return vectors / np.maximum(norms, np.float32(1e-12))  # type: ignore[no-any-return]
 
 
+# Any: a float for two vectors, an array otherwise; callers know which they passed.
 def cosine_similarity(a: npt.ArrayLike, b: npt.ArrayLike) -> Any:
-    """Cosine similarity of two vectors (a float), a vector and a matrix (shape ``(n,)``),
-    or two matrices (shape ``(n, m)``: every row of ``a`` against every row of ``b``).
+    """Cosine similarity of two vectors, a vector and a matrix, or two matrices.
+
+    Two vectors give a float; a vector and a matrix give shape ``(n,)``; two matrices give
+    shape ``(n, m)``: every row of ``a`` against every row of ``b``.
 
     Raises:
         ValueError: an argument is not 1-D or 2-D, the dimensions differ, or a vector is

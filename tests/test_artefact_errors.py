@@ -46,9 +46,9 @@ def test_unreadable_json(copy: Path) -> None:
     ("change", "message"),
     [
         (lambda d: d.update(schema_version=99), "schema_version 99 is not supported"),
-        (lambda d: d.pop("dim"), "required field 'dim' is missing"),
-        (lambda d: d.update(dim="384"), "field 'dim' should be a int, got str"),
-        (lambda d: d.update(pooling="weighted"), "pooling 'weighted' is not one of"),
+        (lambda d: d.pop("dim"), r"manifest.json: field 'dim' is missing \(required\)"),
+        (lambda d: d.update(dim="384"), "manifest.json: field 'dim' should be an integer, got str"),
+        (lambda d: d.update(pooling="weighted"), "field 'pooling': 'weighted' is not one of mean, cls, max"),
         (lambda d: d.update(max_seq_length=0), "'max_seq_length' must be positive"),
     ],
 )

@@ -277,6 +277,8 @@ def test_truncate_false_rejects_long_inputs(
     error = response.json()["error"]
     assert f"the model accepts at most {offline.max_seq_length}" in error["message"]
     assert "input 1 has" in error["message"] and error["limit"] == offline.max_seq_length
+    # HTTP names its JSON field, not the Python keyword or the CLI flag
+    assert error["param"] == "truncate" and 'Pass "truncate": true' in error["message"]
 
 
 def test_unknown_route_and_method_are_json(client: httpx.Client) -> None:

@@ -1,5 +1,4 @@
-"""embedrt's command line, ``embedrt``: the one place where the library, the server, export
-and the benchmark are put together.
+"""The ``embedrt`` command line: the one place that puts library, server, export and bench together.
 
 - ``app``: the Typer app, the list of commands, the one error mapper and ``main`` (the
   console entry point ``embedrt.runtime.cli:main``).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Annotated, BinaryIO
 import numpy as np
 import typer
 
-from ..errors import EmbedrtError
+from ..errors import EmbedrtError, MissingExtraError
 from ..home import MODEL_ENV, default_model_dir
 from ..pooling import FloatArray
 
@@ -22,6 +23,26 @@ ModelOption = Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_HE
 ThreadsOption = Annotated[
     int | None, typer.Option(min=1, help="onnxruntime threads. Default: the CPUs this process may use.")
 ]
+
+
+# The modules the [export] extra brings: export and similarity --reference check for them
+# before starting, so a missing extra is the first and only thing they print.
+EXPORT_MODULES = ("torch", "transformers", "optimum", "onnx", "sentence_transformers")
+
+
+def require(extra: str, feature: str, modules: Sequence[str]) -> None:
+    """Check that ``modules`` can be imported, without importing them.
+
+    Raises:
+        MissingExtraError: one is missing (named, with the extra that brings it).
+    """
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # blocked, or set to None in sys.modules
+            found = False
+        if not found:
+            raise MissingExtraError(extra, feature, name)
 
 
 class CommandLineError(EmbedrtError, ValueError):
@@ -67,8 +88,11 @@ def write_npy(vectors: FloatArray, output: Path | None) -> None:
         OSError: the file cannot be written.
     """
     if output is not None:
-        with open(output, "wb") as handle:
-            _write_array(handle, vectors)
+        try:
+            with open(output, "wb") as handle:
+                _write_array(handle, vectors)
+        except OSError as err:  # a full disk: name the file, not numpy's byte counts
+            raise OSError(err.errno, err.strerror, str(output)) from err
         return
     if sys.stdout.isatty():
         raise CommandLineError("--format npy writes binary: pass --output FILE or redirect stdout")
@@ -81,7 +105,7 @@ def _write_array(handle: BinaryIO, vectors: FloatArray) -> None:
     array = np.ascontiguousarray(vectors)
     header = np.lib.format.header_data_from_array_1_0(array)
     np.lib.format.write_array_header_1_0(handle, header)
-    handle.write(memoryview(array).cast("B"))
+    handle.write(array.data.cast("B"))
 
 
 def write_text(text: str, output: Path | None) -> None:

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from ..home import artefact_dir
-from ._common import ThreadsOption
+from ._common import EXPORT_MODULES, ThreadsOption, require
 
 
 def command(
@@ -57,6 +57,7 @@ def command(
     options = ExportOptions(
         variant=variant, check=check, threads=threads, isa=isa, min_cosine=min_cosine
     )
+    require("export", "embedrt export", EXPORT_MODULES)
     from embedrt.export import export_model
     from embedrt.export.source import resolve_source
 

@@ -50,8 +50,10 @@ def command(
     = DEFAULTS.graceful_timeout,
     log_level: Annotated[str, _option("LOG_LEVEL", f"{', '.join(LOG_LEVELS)}.")] = DEFAULTS.log_level,
 ) -> None:
-    """Serve embeddings over HTTP: OpenAI-compatible /v1/embeddings, /embed, /similarity,
-    /health, /info, /metrics and /openapi.json. Every option also reads an EMBEDRT_* variable.
+    """Serve embeddings over HTTP (OpenAI-compatible /v1/embeddings, /embed, /similarity, ...).
+
+    Routes: /v1/embeddings, /embed, /similarity, /health, /info, /metrics and /openapi.json.
+    Every option also reads an EMBEDRT_* variable.
 
     Example: embedrt serve --port 8080   (the default model: int8 if exported, else fp32)
     """

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ..embedder import Embedder
-from ..errors import MissingExtraError
 from ..pooling import cosine_similarity
-from ._common import ModelOption, ThreadsOption, model_dir
-
-# What --reference runs on: sentence-transformers on torch (the [export] extra).
-REFERENCE_MODULES = ("torch", "transformers", "sentence_transformers")
+from ._common import EXPORT_MODULES, ModelOption, ThreadsOption, model_dir, require
 
 
 def command(
@@ -31,9 +26,7 @@ def command(
     Example: embedrt similarity "I deposited money in the bank." "I sat by the river bank." --reference
     """
     if reference:  # fail before printing anything, not after the first score
-        missing = [name for name in REFERENCE_MODULES if importlib.util.find_spec(name) is None]
-        if missing:
-            raise MissingExtraError("export", "similarity --reference", missing[0])
+        require("export", "similarity --reference", EXPORT_MODULES)
     embedder = Embedder.load(model_dir(model), threads=threads)
     left, right = embedder.embed([a, b])
     score = cosine_similarity(left, right)

@@ -1,8 +1,8 @@
 """Request validation and the OpenAPI document of the embedding server.
 
-Both are built from the same :class:`~embedrt.runtime.serve.config.ServerConfig`, so the document states the limits the server
-enforces (``maxItems``, ``maxLength``, the one accepted ``dimensions``), and a request the
-document allows is one the server accepts.
+Both are built from the same :class:`~embedrt.runtime.serve.config.ServerConfig`, so the
+document states the limits the server enforces (``maxItems``, ``maxLength``, the one
+accepted ``dimensions``), and a request the document allows is one the server accepts.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ class RequestError(EmbedrtError, ValueError):
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.param = param
+        self.field = param  # the JSON field at fault, reported as "param"
         self.limit = limit
 
     def body(self) -> dict[str, Any]:
         """The JSON error body (OpenAI's shape, plus the limit when one was exceeded)."""
         kind = "invalid_request_error" if self.status < 500 else (
             "server_unavailable" if self.status == 503 else "server_error")
-        error: dict[str, Any] = {"message": str(self), "type": kind, "param": self.param, "code": self.status}
+        error: dict[str, Any] = {"message": str(self), "type": kind, "param": self.field, "code": self.status}
         if self.limit is not None:
             error["limit"] = self.limit
         return {"error": error}
