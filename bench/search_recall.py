@@ -48,7 +48,7 @@ from embedrt.bench.workloads import SHIPPED_STS, read_sts
 from embedrt.runtime.corpus.errors import RunMismatchError
 from embedrt.runtime.corpus.job import CorpusOptions, embed_corpus
 from embedrt.runtime.corpus.search import DEFAULT_RESCORE_MULTIPLIER, SearchHit, search_vectors
-from embedrt.runtime.corpus.writer import COMPRESSION, shard_schema
+from embedrt.runtime.corpus.writer import COMPRESSION, FinishedUnit, shard_schema
 from embedrt.runtime.cpus import usable_cpus
 from embedrt.runtime.embedder import Embedder
 from embedrt.runtime.home import default_model_dir
@@ -200,9 +200,14 @@ def write_vector_run(directory: Path, chunks: Iterator[npt.NDArray[np.float32]],
             pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)), width),
             pa.array(np.zeros(len(codes), np.int32)), pa.array(np.zeros(len(codes), np.bool_)),
         ], schema=schema)
-        pq.write_table(table, directory / "shards" / f"{name}.parquet", row_group_size=len(codes),
-                       compression=COMPRESSION, use_dictionary=False, write_statistics=False)
-        entries.append({"name": name, "shard": f"shards/{name}.parquet", "rows_read": len(codes)})
+        shard = directory / "shards" / f"{name}.parquet"
+        pq.write_table(table, shard, row_group_size=len(codes), compression=COMPRESSION,
+                       use_dictionary=False, write_statistics=False)
+        entries.append(FinishedUnit(
+            name=name, input=0, index=index, first_row=start + 1, rows_read=len(codes), embedded=len(codes),
+            skipped=0, truncated=0, shard=f"shards/{name}.parquet", bytes=shard.stat().st_size,
+            sha256=sha256_file(shard),
+        ).to_dict())
         start += len(codes)
     record = {
         "format": "embedrt-corpus-run", "version": 1, "status": "complete", "synthetic": True,
@@ -301,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="search_recall: %(message)s")
     multipliers = [int(m) for m in args.multipliers.split(",")]
-    if args.queries < 1 or args.repeats < 1 or min(multipliers) < 1 or (args.corpus_size or 1) < K:
+    too_small = args.corpus_size is not None and args.corpus_size < K
+    if args.queries < 1 or args.repeats < 1 or min(multipliers) < 1 or too_small:
         parser.error("--queries, --repeats and --multipliers must be at least 1, --corpus-size at least 10")
     model = (args.model or default_model_dir()).resolve()
     work = args.out / "work"

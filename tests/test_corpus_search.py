@@ -26,6 +26,7 @@ from embedrt.runtime.corpus.search import (  # noqa: E402
     search,
     search_vectors,
 )
+from embedrt.runtime.corpus.writer import FinishedUnit  # noqa: E402
 from embedrt.runtime.manifest import sha256_file  # noqa: E402
 from embedrt.runtime.precision import (  # noqa: E402
     calibrate_int8,
@@ -57,8 +58,13 @@ def _vector_run(
             "tokens": pa.array(np.full(len(part), 7, np.int32)),
             "truncated": pa.array(np.zeros(len(part), bool)),
         })
-        pq.write_table(table, directory / "shards" / f"{name}.parquet")
-        entries.append({"name": name, "shard": f"shards/{name}.parquet", "rows_read": len(part)})
+        shard = directory / "shards" / f"{name}.parquet"
+        pq.write_table(table, shard)
+        entries.append(FinishedUnit(
+            name=name, input=0, index=index, first_row=start + 1, rows_read=len(part), embedded=len(part),
+            skipped=0, truncated=0, shard=f"shards/{name}.parquet", bytes=shard.stat().st_size,
+            sha256=sha256_file(shard),
+        ).to_dict())
         start, index = start + len(part), index + 1
     model = model or directory / "no-model"
     record = {
@@ -265,9 +271,11 @@ def test_bad_searches_raise_typed_errors_that_say_what_to_do(tmp_path: Path) -> 
     _fails(CorpusError, "part-00001.parquet: a shard run.json lists is missing",
            lambda: search_vectors(run, vectors[:1]))
     (run / "run.json").write_text("{not json")
-    _fails(CorpusError, "cannot be read as JSON", lambda: search_vectors(run, vectors[:1]))
+    _fails(CorpusError, "run.json: not a readable embedrt corpus run record .*run embed-corpus on the "
+           "directory again", lambda: search_vectors(run, vectors[:1]))
     (run / "run.json").write_text(json.dumps({"format": "something-else", "version": 1}))
-    _fails(CorpusError, "not an embedrt corpus run record", lambda: search_vectors(run, vectors[:1]))
+    _fails(CorpusError, "not a readable embedrt corpus run record .*'something-else'",
+           lambda: search_vectors(run, vectors[:1]))
 
 
 def test_the_runs_model_is_checked_and_an_explicit_model_is_trusted(
@@ -318,3 +326,31 @@ def test_without_pyarrow_search_names_the_extra(tmp_path: Path) -> None:
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert "searching an embedded corpus needs the [corpus] extra (pyarrow is not installed)" in result.stdout
+
+
+def test_search_recall_benchmark_runs_and_reports(
+    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json as json_package
+
+    from embedrt.bench import search_recall
+
+    # a small slice of the standard library keeps the test fast; the script reads all of it
+    small = search_recall.docstring_sentences(Path(json_package.__file__).parent)
+    monkeypatch.setattr(search_recall, "docstring_sentences", lambda: small)
+    out = tmp_path / "report"
+    argv = ["--out", str(out), "--model", str(tiny_bert), "--corpus-size", "150", "--queries", "8",
+            "--multipliers", "2,50", "--timing-rows", "3000", "--repeats", "1"]
+    assert search_recall.main(argv) == 0
+    results = json.loads((out / "search_recall.json").read_text())
+    assert results["corpus"]["size"] == 150 and results["corpus"]["queries"] == 8
+    assert results["corpus"]["sources"]["stsb_dev"] == 3000
+    for precision in ("int8", "ubinary"):
+        row = results["recall"][precision]
+        assert all(0 <= row[name] <= 1 for name in ("no_rescore", "rescore_x2", "rescore_x50"))
+        assert row["seconds_per_query"] > 0
+    assert results["scale"]["rows"] == 3000
+    assert all(results["scale"][p]["seconds_per_query"] > 0 for p in ("float32", "int8", "ubinary"))
+    assert not (out / "work" / "synthetic-float32").exists()
+    report = (out / "search_recall.md").read_text()
+    assert "| int8 |" in report and "Exact search at 3,000 synthetic unit vectors" in report

@@ -40,7 +40,7 @@ from ..precision import (
     quantize_embeddings,
 )
 from .errors import CorpusError
-from .record import RECORD_FORMAT, RECORD_VERSION, RUN_FILE
+from .record import RUN_FILE, load_record
 
 if TYPE_CHECKING:
     from embedrt.runtime.embedder import Embedder
@@ -432,11 +432,10 @@ def read_search_run(directory: Path) -> SearchRun:
     """Read what search needs from ``directory/run.json``.
 
     Raises:
-        CorpusError: the directory or its ``run.json`` does not exist (a
-            ``FileNotFoundError`` too), is not valid JSON, or lacks a field search needs.
+        RunNotFoundError: the directory or its ``run.json`` does not exist.
+        CorpusError: ``run.json`` is not a valid run record (see
+            :func:`~embedrt.runtime.corpus.record.load_record`), or lacks a field search needs.
     """
-    import json
-
     run_file = directory / RUN_FILE
     if not run_file.is_file():
         what = "no such directory" if not directory.is_dir() else f"no {RUN_FILE} in it"
@@ -444,16 +443,13 @@ def read_search_run(directory: Path) -> SearchRun:
             f"{directory}: {what}; search reads the output directory of 'embedrt embed-corpus ... --out DIR'"
         )
     try:
-        data = json.loads(run_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise CorpusError(f"{run_file}: cannot be read as JSON ({err})") from err
-    field = _RunFields(run_file, data)
-    if data.get("format") != RECORD_FORMAT or data.get("version") != RECORD_VERSION:
+        data = load_record(directory)
+    except CorpusError as err:  # its advice is embed-corpus's (--overwrite); say it for search
         raise CorpusError(
-            f"{run_file}: not an embedrt corpus run record of a version this embedrt reads (format "
-            f"{data.get('format')!r} version {data.get('version')!r}, expected {RECORD_FORMAT!r} "
-            f"version {RECORD_VERSION})"
-        )
+            f"{run_file}: not a readable embedrt corpus run record ({err.__cause__ or err}); "
+            "run embed-corpus on the directory again to rebuild it"
+        ) from err
+    field = _RunFields(run_file, data)
     model = field.mapping(data, "model")
     dim = field.get(model, "dim", int)
     stored = data.get("precision")
