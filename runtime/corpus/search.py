@@ -19,7 +19,9 @@ Results are ordered by score, ties by position in the run (shard order, then row
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from ..cpus import usable_cpus
 from ..errors import ArtefactError, ArtefactNotFoundError, MissingExtraError, Param
 from ..manifest import MANIFEST_FILE, sha256_file
 from ..precision import (
@@ -53,6 +56,7 @@ DEFAULT_K = 10
 # Memory per block: the decoded float32 block, and the (queries x rows) scores.
 _BLOCK_BYTES = 32 << 20
 _SCORES_PER_BLOCK = 8 << 20
+_MAX_READERS = 4  # threads decoding shards ahead of the scoring
 _EXACT_FLOAT32_DOT_DIM = 1024  # int8 code dots stay below 2**24, exact in float32, up to here
 
 
@@ -332,21 +336,46 @@ def _pyarrow_parquet() -> Any:  # pyarrow ships no type information to check aga
 
 
 def _blocks(run: SearchRun, rows: int) -> Iterator[tuple[int, npt.NDArray[Any]]]:
-    """``(position of the first row, codes (rows, width))`` over every shard, in run order."""
+    """``(position of the first row, codes (rows, width))`` over every shard, in run order.
+
+    Decoding Parquet's nested lists costs more than scoring, so shards are decoded by a few
+    threads ahead of the scoring (pyarrow releases the GIL): at most ``readers + 1`` decoded
+    shards wait at a time, so memory stays bounded by the shard size, not the corpus size.
+    """
     pq = _pyarrow_parquet()
     width = code_width(run.precision, run.dim)
     dtype = np.dtype(CODE_DTYPES[run.precision])
+    readers = max(1, min(usable_cpus(), _MAX_READERS))
+    shards = iter(run.shards)
     start = 0
-    for shard in run.shards:
-        parquet = _open_shard(pq, shard)
-        _check_embedding_column(parquet.schema_arrow, shard, run, width, dtype)
-        for batch in parquet.iter_batches(batch_size=rows, columns=["embedding"]):
-            column = batch.column(0)
-            if column.null_count:
-                raise CorpusError(f"{shard}: the embedding column has {column.null_count} empty rows")
-            codes = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
-            yield start, codes
+    with ThreadPoolExecutor(max_workers=readers) as pool:
+        pending: deque[Future[npt.NDArray[Any]]] = deque()
+
+        def read_next() -> None:
+            shard = next(shards, None)
+            if shard is not None:
+                pending.append(pool.submit(_shard_codes, pq, shard, run, width, dtype))
+
+        for _ in range(readers + 1):
+            read_next()
+        while pending:
+            codes = pending.popleft().result()
+            read_next()
+            for offset in range(0, len(codes), rows):
+                yield start + offset, codes[offset : offset + rows]
             start += len(codes)
+
+
+def _shard_codes(pq: Any, shard: Path, run: SearchRun, width: int, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    """A shard's embedding column as ``(rows, width)`` codes, checked against the run."""
+    parquet = _open_shard(pq, shard)
+    _check_embedding_column(parquet.schema_arrow, shard, run, width, dtype)
+    column = parquet.read(columns=["embedding"], use_threads=False).column(0).combine_chunks()
+    if column.null_count:
+        raise CorpusError(f"{shard}: the embedding column has {column.null_count} empty rows")
+    values = column.values if column.offset == 0 else column.flatten()  # .values: no copy
+    codes: npt.NDArray[Any] = values.to_numpy(zero_copy_only=False).reshape(-1, width)
+    return codes
 
 
 def _open_shard(pq: Any, shard: Path) -> Any:  # pyarrow objects are untyped
