@@ -132,6 +132,8 @@ def test_k_above_the_row_count_returns_every_row_best_first(tmp_path: Path) -> N
     order, scores = _brute_force(stored, vectors[:1], 40)
     assert _rows(hits) == order[0].tolist()
     np.testing.assert_allclose([hit.score for hit in hits], scores[0], atol=1e-6)
+    empty = _vector_run(tmp_path / "empty", np.zeros((0, 8), np.float32), "float32")
+    assert search_vectors(empty, vectors[:2], k=3) == [[], []]
 
 
 # --- int8 / ubinary: compact first pass, then rescoring ------------------------------------------
