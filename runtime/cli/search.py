@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from ..corpus.search import DEFAULT_K, DEFAULT_RESCORE_MULTIPLIER, search
 
+from ..corpus.search import DEFAULT_K, DEFAULT_RESCORE_MULTIPLIER, search
 from ._common import ThreadsOption
 
 
