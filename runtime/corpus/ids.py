@@ -30,6 +30,7 @@ class IdIndex:
     @classmethod
     def create(cls, path: Path) -> IdIndex:
         """A new, empty index in the file ``path``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
         db = sqlite3.connect(path, check_same_thread=False)
         # Rebuilt from the inputs on every run: durability would only cost time.

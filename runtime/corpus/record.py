@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ..errors import Param
 from .errors import CorpusError, RunMismatchError
@@ -26,7 +26,6 @@ RUN_FILE = "run.json"
 SKIPPED_FILE = "skipped.jsonl"
 RECORD_FORMAT = "embedrt-corpus-run"
 RECORD_VERSION = 1
-LOCK_FILE = "lock"
 # Settings that may change between sessions of one run: they do not change a single output byte.
 SESSION_SETTINGS = ("on_bad_row",)
 _OWN_NAMES = {RUN_FILE, SKIPPED_FILE, SHARDS_DIR, WORK_DIR}
@@ -228,23 +227,38 @@ def clear_run(out_dir: Path) -> None:
     work = out_dir / WORK_DIR
     if work.is_dir():
         for path in work.iterdir():
-            if path.name != LOCK_FILE:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     sync_directory(out_dir)
 
 
 @contextlib.contextmanager
 def locked(out_dir: Path) -> Iterator[None]:
-    """Hold ``out_dir``'s lock (created if need be) so a second process on it is refused.
+    """Hold ``out_dir``'s lock (the directory is created) so a second process on it is refused.
+
+    The lock is on the directory itself (``flock``), so it adds no file and dies with its
+    process, SIGKILL included.
 
     Raises:
         CorpusError: another process holds it.
     """
-    work = out_dir / WORK_DIR
-    work.mkdir(parents=True, exist_ok=True)
-    with (work / LOCK_FILE).open("a+") as handle:
-        _lock(handle, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock; one process per directory is then up to the user
         yield
+        return
+    descriptor = os.open(out_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise CorpusError(
+                f"{out_dir} is being written by another embedrt embed-corpus process; wait for it "
+                "or use another output directory"
+            ) from err
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def load_record(out_dir: str | os.PathLike[str]) -> dict[str, Any]:  # JSON data
@@ -271,18 +285,4 @@ def _read(path: Path) -> dict[str, Any]:  # JSON data
         raise CorpusError(
             f"{path}: not a readable embedrt corpus run record ({err}); pass {{overwrite}} to start "
             "the run again", params=(Param("overwrite", True),),
-        ) from err
-
-
-def _lock(handle: IO[str], out_dir: Path) -> None:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock; one process per directory is then up to the user
-        return
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as err:
-        raise CorpusError(
-            f"{out_dir} is being written by another embedrt embed-corpus process; wait for it "
-            "or use another output directory"
         ) from err
