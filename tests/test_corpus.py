@@ -332,6 +332,16 @@ def test_a_changed_model_input_or_setting_is_refused_unless_overwrite(
     assert vectors(shards(out)).dtype == np.int8
 
 
+def test_worker_processes_write_the_same_bytes(tiny_bert, texts, tmp_path) -> None:
+    path = write_inputs(tmp_path / "in", texts)["jsonl"]
+    for processes in (1, 2):
+        options = CorpusOptions(precision="int8", processes=processes, threads=2, **SMALL)
+        embed_corpus([path], tmp_path / f"p{processes}", tiny_bert, options)
+    assert output_bytes(tmp_path / "p2") == output_bytes(tmp_path / "p1")
+    sessions = load_record(tmp_path / "p2")["timings"]["sessions"]
+    assert [s["engine_options"] for s in sessions] == [{"processes": 2}]
+
+
 def test_a_third_run_on_a_finished_run_does_nothing(tiny_bert, texts, tmp_path) -> None:
     path = write_inputs(tmp_path / "in", texts)["jsonl"]
     out = tmp_path / "out"

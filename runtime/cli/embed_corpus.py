@@ -70,6 +70,9 @@ def command(
     calibration_rows: Annotated[int, typer.Option(min=1, help="int8: rows the ranges are calibrated on.")]
     = _DEFAULTS.calibration_rows,
     threads: ThreadsOption = None,
+    processes: Annotated[int, typer.Option(
+        min=1, help="Embed in this many worker processes, --threads / N threads each (same output).",
+    )] = _DEFAULTS.processes,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Delete a run of another model, inputs or settings in --out first.",
     )] = False,
@@ -95,7 +98,8 @@ def command(
     options = CorpusOptions(
         text_column=text_column, id_column=id_column, precision=precision.value,
         on_bad_row=on_bad_row.value, rows_per_shard=rows_per_shard, chunk_rows=chunk_rows,
-        batch_size=batch_size, calibration_rows=calibration_rows, threads=threads, overwrite=overwrite,
+        batch_size=batch_size, calibration_rows=calibration_rows, threads=threads, processes=processes,
+        overwrite=overwrite,
         engine=engine.value, engine_options=engine_options,
     )
     show = not quiet and sys.stderr.isatty()

@@ -40,9 +40,9 @@ ENGINES = ("local", "ray")
 class CorpusOptions:
     """How to run a corpus job.
 
-    Every field but ``on_bad_row``, ``threads``, ``queue_chunks``, ``overwrite``, ``engine`` and
-    ``engine_options`` is part of the run's identity: resuming with another value is refused, because it would
-    change the output.
+    Every field but ``on_bad_row``, ``threads``, ``queue_chunks``, ``processes``, ``overwrite``,
+    ``engine`` and ``engine_options`` is part of the run's identity: resuming with another value
+    is refused, because it would change the output.
 
     Attributes:
         text_column: the JSON key, CSV header or Parquet column holding the text (not for txt).
@@ -58,6 +58,8 @@ class CorpusOptions:
         calibration_rows: int8: the first this many good rows calibrate the ranges.
         threads: onnxruntime threads; None: the CPUs this process may use.
         queue_chunks: chunks waiting between reader, embedder and writer (memory bound).
+        processes: local engine: embed in this many worker processes, ``threads / processes``
+            threads each (1: in this process). Same output either way.
         overwrite: delete a run of other inputs or settings in the output directory first.
         engine: ``local`` (this process) or ``ray`` (Ray Data; the [ray] extra).
         engine_options: the engine's own settings (Ray: address, actors, CPUs per actor),
@@ -74,6 +76,7 @@ class CorpusOptions:
     calibration_rows: int = 1_000
     threads: int | None = None
     queue_chunks: int = 4
+    processes: int = 1
     overwrite: bool = False
     engine: str = "local"
     engine_options: Mapping[str, Any] = field(default_factory=dict)  # JSON values
@@ -99,7 +102,7 @@ class CorpusOptions:
                 raise CorpusError(f"{name} {value!r} is not one of {', '.join(allowed)}; fix {{{name}}}",
                                   params=(Param(name),))
         for name in ("rows_per_shard", "chunk_rows", "batch_size", "calibration_rows", "queue_chunks",
-                     "threads"):
+                     "threads", "processes"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise CorpusError(f"{name} must be a positive integer, got {value!r}; fix {{{name}}}",
@@ -287,7 +290,10 @@ def embed_corpus(
                 out, model_dir, plan, tuple(u for u in plan.units if u.name not in record.finished),
                 columns, options, None, record, ids, progress, threads,
             )
-            record.start_session(options.engine, threads, plan.rows, options.engine_options)
+            session = dict(options.engine_options)
+            if options.engine == "local":
+                session["processes"] = options.processes
+            record.start_session(options.engine, threads, plan.rows, session)
             job.calibration = _precision(job)
             _engine(options.engine)(job)
             rows = record.data["timings"]["sessions"][-1]["rows"]

@@ -90,6 +90,7 @@ class ShardWriter:
     def __init__(self, out_dir: Path, precision: str, width: int) -> None:
         self.out_dir = out_dir
         self.schema = shard_schema(precision, width)
+        _parquet()  # imported here, not in the writer thread's first write (it holds the GIL)
         self.width = width
         self.dtype = np.dtype(ITEM_TYPES[precision])
         for folder in (out_dir / SHARDS_DIR, out_dir / WORK_DIR / SKIPPED_DIR):
