@@ -51,7 +51,8 @@ def build_corpora(model: Path, sts: Path, rows: int, long_rows: int, directory: 
     tokenizer.no_truncation()
     tokenizer.no_padding()
     lengths = [len(e.ids) for e in tokenizer.encode_batch(sentences, add_special_tokens=False)]
-    targets = np.random.default_rng(1).integers(*LONG_TOKENS, long_rows).tolist()
+    low, high = LONG_TOKENS
+    targets = np.random.default_rng(1).integers(low, high, long_rows).tolist()
     corpora = {
         "short": [sentences[i % len(sentences)] for i in range(rows)],
         "long": join_to_targets(sentences, lengths, targets),
