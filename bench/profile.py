@@ -153,7 +153,7 @@ def run_profile(options: ProfileOptions) -> dict[str, Any]:
         StsFileError: the STS file is malformed.
         ValueError: ``repeats`` or ``batch1_texts`` is not positive, or no artefact was given.
     """
-    from embedrt.runtime import Embedder
+    from embedrt.runtime import Embedder, Manifest
     from embedrt.runtime.cpus import usable_cpus
 
     from .context import run_context
@@ -164,6 +164,8 @@ def run_profile(options: ProfileOptions) -> dict[str, Any]:
     if min(options.repeats, options.batch1_texts) < 1:
         raise ValueError(f"profile: repeats ({options.repeats}) and batch-1 texts "
                          f"({options.batch1_texts}) must be at least 1")
+    for path in options.artefacts:  # a bad artefact fails now, not after the peaks are measured
+        Manifest.load(path)
     peaks = measure_peaks(options.threads, options.peak_shapes, options.peak_calls)
     limits = best_by_precision(peaks)
     sizes = {"short": max(BATCH_SIZES), "medium": 1, "long": max(BATCH_SIZES)}
