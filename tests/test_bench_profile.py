@@ -40,7 +40,9 @@ def tiny_int8(tiny_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture(scope="module")
-def report(tiny_bert: Path, tiny_int8: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+def report(
+    tiny_bert: Path, tiny_int8: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("profile-out")
     profile.main(["--model", str(tiny_bert), "--model", str(tiny_int8), "--threads", "1", "--repeats", "1",
                   "--batch1-texts", "3", "--peak-shape", "64x64x64", "--peak-calls", "2", "--out", str(out)])
