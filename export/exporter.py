@@ -11,18 +11,26 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from embedrt.export.errors import OutputDirectoryError
 from embedrt.export.optimise import optimise
-from embedrt.export.parity import ParityReport, compare, reference_embeddings, validation_sentences
-from embedrt.export.quantise import quantise_variant
-from embedrt.export.source import SourceModel, read_source, resolve_source
-from embedrt.export.variants import Variant, get_variant
-from embedrt.runtime.embedder import Embedder
+from embedrt.export.options import ExportOptions
+from embedrt.export.parity import compare, reference_embeddings, validation_sentences
+from embedrt.export.source import SourceModel, check_catalogue, read_source, resolve_source
+from embedrt.export.variants import BUILD_OPTIMISED, BUILD_QUANTISED, Variant, get_variant
 from embedrt.runtime.errors import EmbedrtError, MissingExtraError, ParityError
-from embedrt.runtime.manifest import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, Manifest, sha256_file
+from embedrt.runtime.home import artefact_dir
+from embedrt.runtime.manifest import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    ArtefactRecipe,
+    Manifest,
+    ParityReport,
+    SourceRecord,
+    sha256_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,39 +40,13 @@ VERSIONED_PACKAGES = (
     "sentence-transformers", "tokenizers",
 )
 OUTPUT_NAME = "last_hidden_state"
-EXPORTED_RECIPE = {"method": "optimum ONNX export, task feature-extraction", "dtype": "float32"}
-
-
-class OutputDirectoryError(EmbedrtError, FileExistsError):
-    """The output directory exists and is not an embedrt artefact: export will not overwrite it."""
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """How to export.
-
-    Attributes:
-        variant: which artefact to build (see ``embedrt.export.VARIANTS``).
-        check: measure parity against torch and fail beyond the variant's tolerance.
-        isa: CPU the quantised recipe targets (avx512_vnni, avx_vnni, avx512, avx2, arm64);
-            None detects this machine's.
-        min_cosine: for quantised variants, keep the most sensitive nodes in float until the
-            minimum per-sentence cosine to torch on the calibration sentences reaches this.
-        opset: ONNX opset; None lets the exporter choose.
-        threads: onnxruntime threads for the parity check; None = the usable CPUs.
-    """
-
-    variant: str = "fp32"
-    check: bool = True
-    opset: int | None = None
-    threads: int | None = None
-    isa: str | None = None
-    min_cosine: float | None = None
+EXPORTED_RECIPE = ArtefactRecipe(method="optimum ONNX export, task feature-extraction", dtype="float32")
 
 
 def default_out_dir(model_name: str, variant: str) -> Path:
-    """``models/<model-name>/<variant>/`` under the current directory."""
-    return Path("models") / model_name / variant
+    """``<home>/models/<model-name>/<variant>/``, where the runtime's defaults look."""
+    path: Path = artefact_dir(model_name, variant)
+    return path
 
 
 def export_model(
@@ -78,7 +60,7 @@ def export_model(
     Args:
         source: a catalogue name, a local sentence-transformers folder, or None for the
             bundled default (all-MiniLM-L6-v2).
-        out_dir: where to write; default ``models/<model-name>/<variant>/``.
+        out_dir: where to write; default :func:`default_out_dir`.
         options: variant and checks; see :class:`ExportOptions`.
         progress: called with a short description as each step starts.
 
@@ -87,7 +69,9 @@ def export_model(
 
     Raises:
         SourceModelError: the source cannot be reproduced faithfully (names the stage).
+        CatalogueMismatchError: a catalogue model's folder disagrees with its entry.
         MissingExtraError: the [export] extra is not installed.
+        QuantizationError: a quantised variant cannot be built (e.g. AccuracyTargetError).
         ParityError: the artefact disagrees with torch beyond the variant's tolerance;
             nothing is written then.
         OutputDirectoryError: ``out_dir`` holds something that is not an artefact.
@@ -98,6 +82,7 @@ def export_model(
     step("reading the source model")
     folder, name = resolve_source(source)
     model = read_source(folder, name)
+    check_catalogue(model, source)
     target = Path(out_dir) if out_dir is not None else default_out_dir(model.name, variant.name)
     _check_writable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +110,14 @@ def export_model(
 def check_parity(
     model: SourceModel, artefact: Path, variant: Variant, threads: int | None = None
 ) -> ParityReport:
-    """Embed the validation sentences with torch and with the artefact, and compare."""
+    """Embed the validation sentences with torch and with the artefact, and compare.
+
+    Raises:
+        MissingExtraError: sentence-transformers is not installed.
+        ArtefactError: the artefact cannot be loaded.
+    """
+    from embedrt.runtime.embedder import Embedder
+
     sentences = validation_sentences()
     reference = reference_embeddings(model.path, sentences)
     with _quiet("embedrt.runtime"):  # the set truncates on purpose: no need to say so
@@ -139,16 +131,18 @@ def _build_variant(
     model: SourceModel,
     options: ExportOptions,
     step: ProgressCallback,
-) -> dict[str, Any]:
+) -> ArtefactRecipe:
     """Turn the exported fp32 graph in ``staging`` into ``variant``; return its recipe."""
     model_path = staging / MODEL_FILE
-    if variant.build == "optimised":
+    if variant.build == BUILD_OPTIMISED:
         step("applying onnxruntime transformer fusions")
         return optimise(model_path, model_path)
-    if variant.build == "quantised":
+    if variant.build == BUILD_QUANTISED:
+        from embedrt.export.quantize.variant import quantise_variant
+
         with _quiet("embedrt.runtime", "onnxruntime"):
             return quantise_variant(variant.name, staging, model.path, options, step)
-    return dict(EXPORTED_RECIPE)
+    return EXPORTED_RECIPE
 
 
 def _export_onnx(model: SourceModel, staging: Path, opset: int | None) -> tuple[str, ...]:
@@ -190,16 +184,16 @@ def _write_manifest(
     variant: Variant,
     staging: Path,
     inputs: tuple[str, ...],
-    recipe: dict[str, Any],
+    recipe: ArtefactRecipe,
     report: ParityReport | None = None,
 ) -> Manifest:
     manifest = Manifest(
         model_name=model.name,
-        source={
-            "path": str(model.path),
-            "weights_file": model.weights_file.name,
-            "weights_sha256": sha256_file(model.weights_file),
-        },
+        source=SourceRecord(
+            path=str(model.path),
+            weights_file=model.weights_file.name,
+            weights_sha256=sha256_file(model.weights_file),
+        ),
         dim=model.dim,
         pooling=model.pooling,
         normalize=model.normalize,
@@ -211,7 +205,7 @@ def _write_manifest(
         recipe=recipe,
         files={name: sha256_file(staging / name) for name in (MODEL_FILE, TOKENIZER_FILE)},
         versions=_versions(),
-        parity=report.to_dict() if report else {},
+        parity=report,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
     manifest.save(staging)

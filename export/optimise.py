@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from embedrt.runtime.errors import MissingExtraError
+from embedrt.runtime.manifest import ArtefactRecipe
 
 
-def optimise(model_path: Path, out_path: Path) -> dict[str, Any]:
+def optimise(model_path: Path, out_path: Path) -> ArtefactRecipe:
     """Fuse attention, embedding+LayerNorm, skip+LayerNorm and bias+GELU; return the recipe.
 
     Numerics stay float32; the fused kernels reorder sums, so results differ from the
@@ -25,10 +25,10 @@ def optimise(model_path: Path, out_path: Path) -> dict[str, Any]:
     model = optimize_model(
         str(model_path), model_type="bert", num_heads=0, hidden_size=0, opt_level=1, use_gpu=False
     )
-    fused = {op: count for op, count in model.get_fused_operator_statistics().items() if count}
+    fused = {str(op): int(count) for op, count in model.get_fused_operator_statistics().items() if count}
     model.save_model_to_file(str(out_path))
-    return {
-        "method": "onnxruntime.transformers optimizer (model_type bert, opt_level 1)",
-        "dtype": "float32",
-        "fused_ops": fused,
-    }
+    return ArtefactRecipe(
+        method="onnxruntime.transformers optimizer (model_type bert, opt_level 1)",
+        dtype="float32",
+        fused_ops=fused,
+    )

@@ -9,7 +9,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from embedrt.export.errors import CatalogueMismatchError
 from embedrt.runtime.errors import MissingExtraError, SourceModelError
+from embedrt.runtime.manifest import POOLING_MODES
 
 # The sentence-transformers stages export can reproduce, by class name. The module path
 # differs between releases (sentence_transformers.models.Pooling in 2.x-5.x,
@@ -18,8 +20,8 @@ TRANSFORMER_STAGE = "Transformer"
 POOLING_STAGE = "Pooling"
 NORMALIZE_STAGE = "Normalize"
 SUPPORTED_STAGES = (TRANSFORMER_STAGE, POOLING_STAGE, NORMALIZE_STAGE)
-SUPPORTED_POOLING = ("mean", "cls", "max")
-# Older pooling configs set one boolean flag per mode; the manifest's name for each.
+# Older pooling configs set one boolean flag per mode; the manifest's name for each
+# (every name is one of the manifest's POOLING_MODES, the runtime's list).
 POOLING_FLAGS = {
     "pooling_mode_mean_tokens": "mean",
     "pooling_mode_cls_token": "cls",
@@ -47,11 +49,33 @@ class SourceModel:
     dim: int
 
 
-def catalogue() -> dict[str, Any]:
+def catalogue() -> dict[str, Any]:  # JSON data; entries are read field by field below
     """The known-models catalogue (``models/catalogue.json``)."""
-    text = resources.files("embedrt.models").joinpath("catalogue.json").read_text()
+    text = resources.files("embedrt.models").joinpath("catalogue.json").read_text(encoding="utf-8")
     data: dict[str, Any] = json.loads(text)
     return data
+
+
+def check_catalogue(model: SourceModel, source: str | Path | None) -> None:
+    """Check the ``dim`` and ``max_seq_length`` the catalogue states for SOURCE against its folder.
+
+    SOURCE as given to :func:`resolve_source`: None or a catalogue name is checked; a folder
+    given by path has no entry, so nothing to check.
+
+    Raises:
+        CatalogueMismatchError: a stated value differs from what the folder says (both named).
+    """
+    known = catalogue()
+    entry = known["models"].get(known["default"] if source is None else str(source))
+    if entry is None:
+        return
+    for field in ("dim", "max_seq_length"):
+        stated, actual = entry.get(field), getattr(model, field)
+        if stated is not None and stated != actual:
+            raise CatalogueMismatchError(
+                f"models/catalogue.json says {model.name} has {field} {stated}, but its folder "
+                f"{model.path} gives {actual}; correct the catalogue entry (or the installed package)"
+            )
 
 
 def resolve_source(source: str | Path | None) -> tuple[Path, str]:
@@ -94,7 +118,7 @@ def read_source(folder: Path, name: str) -> SourceModel:
             "(modules.json + a Transformer stage + a Pooling stage)"
         )
     stages = _read_json(modules_file)
-    by_type: dict[str, dict[str, Any]] = {}
+    by_type: dict[str, dict[str, Any]] = {}  # modules.json entries: JSON, read field by field
     for stage in stages:
         full_type = str(stage.get("type", "?"))
         kind = full_type.rsplit(".", 1)[-1]
@@ -124,7 +148,7 @@ def read_source(folder: Path, name: str) -> SourceModel:
     )
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path) -> Any:  # JSON of any shape: each caller checks the fields it reads
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
@@ -141,10 +165,10 @@ def _read_pooling(config_file: Path) -> tuple[str, int]:
         modes = [name for flag, name in POOLING_FLAGS.items() if config.get(flag)]
         modes += [flag for flag in UNSUPPORTED_POOLING_FLAGS if config.get(flag)]
         dim = config.get("word_embedding_dimension")
-    if len(modes) != 1 or modes[0] not in SUPPORTED_POOLING:
+    if len(modes) != 1 or modes[0] not in POOLING_MODES:
         raise SourceModelError(
             f"{config_file}: pooling {' + '.join(modes) or 'none'} cannot be reproduced by "
-            f"embedrt's runtime (supported: exactly one of {', '.join(SUPPORTED_POOLING)})"
+            f"embedrt's runtime (supported: exactly one of {', '.join(POOLING_MODES)})"
         )
     if not isinstance(dim, int):
         raise SourceModelError(f"{config_file}: no embedding dimension found")

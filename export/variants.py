@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from embedrt.runtime.errors import EmbedrtError
+from embedrt.export.errors import UnknownVariantError
+from embedrt.runtime.errors import Param
 
-
-class UnknownVariantError(EmbedrtError, ValueError):
-    """The requested variant is not one export knows how to build."""
+BUILD_AS_EXPORTED = "as-exported"
+BUILD_OPTIMISED = "optimised"
+BUILD_QUANTISED = "quantised"
 
 
 @dataclass(frozen=True)
@@ -21,14 +22,14 @@ class Variant:
         min_cosine: lowest per-sentence cosine to the torch reference accepted.
         max_abs_diff: largest absolute difference of any embedding element accepted.
         build: how the graph is made from the exported fp32 graph: ``as-exported``,
-            ``optimised`` (onnxruntime fusions) or ``quantised`` (see export.quantize).
+            ``optimised`` (onnxruntime fusions) or ``quantised`` (see embedrt.export.quantize).
     """
 
     name: str
     description: str
     min_cosine: float
     max_abs_diff: float
-    build: str = "as-exported"
+    build: str = BUILD_AS_EXPORTED
 
 
 VARIANTS: dict[str, Variant] = {
@@ -37,22 +38,22 @@ VARIANTS: dict[str, Variant] = {
         Variant("fp32", "the exported graph as is, float32", 0.99999, 1e-5),
         Variant(
             "fp32-optimised", "float32 with onnxruntime's transformer fusions", 0.99999, 1e-5,
-            build="optimised",
+            build=BUILD_OPTIMISED,
         ),
         # Quantised variants: per-sentence cosine is the gate; element differences follow.
         Variant(
             "int8",
             "int8 kernels on onnxruntime's fused BERT graph, batch-invariant static and "
             "per-token activation scales, an int8 embedding table; the default for CPU serving",
-            0.99, 0.05, build="quantised",
+            0.99, 0.05, build=BUILD_QUANTISED,
         ),
         Variant(
             "int8-edge", "size first: as int8 with a 4-bit embedding table", 0.98, 0.06,
-            build="quantised",
+            build=BUILD_QUANTISED,
         ),
         Variant(
             "int4-edge", "smallest: 4-bit block weights (MatMulNBits) and 4-bit embeddings; "
-            "lower fidelity", 0.85, 0.2, build="quantised",
+            "lower fidelity", 0.85, 0.2, build=BUILD_QUANTISED,
         ),
     )
 }
@@ -68,5 +69,6 @@ def get_variant(name: str) -> Variant:
         return VARIANTS[name]
     except KeyError:
         raise UnknownVariantError(
-            f"variant {name!r} is not known; choose one of: {', '.join(VARIANTS)}"
+            f"{{variant}} {name!r} is not known; choose one of: {', '.join(VARIANTS)}",
+            params=[Param("variant")],
         ) from None

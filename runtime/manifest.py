@@ -1,7 +1,10 @@
 """The artefact contract: ``manifest.json``, written once by export, read by the runtime.
 
 The runtime never reads a transformers or sentence-transformers config. Everything it
-needs to reproduce the source model's embeddings is a field here.
+needs to reproduce the source model's embeddings is a field here. Every record is a frozen
+dataclass, validated on load: a wrong field is an :class:`ArtefactError` naming the file and
+the field (``recipe.quantisation.layout``). Artefacts of schema version 1 (embedrt before
+the typed manifest) are converted on load; one that cannot be converted asks to be re-exported.
 """
 
 from __future__ import annotations
@@ -12,15 +15,248 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .errors import ArtefactError, ArtefactNotFoundError
 
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
-POOLING_MODES = ("mean", "cls", "max")
+POOLING_MODES = ("mean", "cls", "max")  # the one list: export's source reading and pooling use it
+
+JSONValue: TypeAlias = "str | int | float | bool | None | list[JSONValue] | dict[str, JSONValue]"
+_REEXPORT = "re-export the model with this embedrt version ('embedrt export')"
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """Where the exported weights came from.
+
+    Attributes:
+        path: the sentence-transformers folder export read (the torch reference for parity).
+        weights_file: the weights file's name in it.
+        weights_sha256: that file's sha256.
+    """
+
+    path: str
+    weights_file: str
+    weights_sha256: str
+
+    @classmethod
+    def from_dict(cls, data: object, where: str) -> SourceRecord:
+        """Validate ``data`` (``where`` names it in errors).
+
+        Raises:
+            ArtefactError: a missing field or a field of the wrong type.
+        """
+        d = _object(data, where)
+        return cls(_str(d, "path", where), _str(d, "weights_file", where), _str(d, "weights_sha256", where))
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Agreement between two sets of embeddings of the same sentences (export's parity gate).
+
+    Attributes:
+        sentences: how many sentences were compared.
+        min_cosine / mean_cosine: per-sentence cosine between reference and candidate.
+        max_abs_diff: largest absolute difference of any element.
+        tolerance_min_cosine / tolerance_max_abs_diff: the limits checked.
+        passed: both limits hold.
+    """
+
+    sentences: int
+    min_cosine: float
+    mean_cosine: float
+    max_abs_diff: float
+    tolerance_min_cosine: float
+    tolerance_max_abs_diff: float
+    passed: bool
+
+    def to_dict(self) -> dict[str, JSONValue]:
+        """The report as JSON-ready data."""
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        """One line: the figures and the limits."""
+        return (
+            f"{self.sentences} sentences: min cosine {self.min_cosine:.7f} "
+            f"(limit {self.tolerance_min_cosine}), mean {self.mean_cosine:.7f}, "
+            f"max |diff| {self.max_abs_diff:.2e} (limit {self.tolerance_max_abs_diff:.0e})"
+        )
+
+    @classmethod
+    def from_dict(cls, data: object, where: str) -> ParityReport:
+        """Validate ``data`` (``where`` names it in errors).
+
+        Raises:
+            ArtefactError: a missing field or a field of the wrong type.
+        """
+        d = _object(data, where)
+        return cls(
+            sentences=_int(d, "sentences", where),
+            min_cosine=_float(d, "min_cosine", where),
+            mean_cosine=_float(d, "mean_cosine", where),
+            max_abs_diff=_float(d, "max_abs_diff", where),
+            tolerance_min_cosine=_float(d, "tolerance_min_cosine", where),
+            tolerance_max_abs_diff=_float(d, "tolerance_max_abs_diff", where),
+            passed=_bool(d, "passed", where),
+        )
+
+
+@dataclass(frozen=True)
+class AccuracySearchRecord:
+    """What an accuracy-aware export (``min_cosine``) searched for and reached."""
+
+    min_cosine_target: float
+    calibration_min_cosine: float
+    trials: int
+
+    @classmethod
+    def from_dict(cls, data: object, where: str) -> AccuracySearchRecord:
+        """Validate ``data`` (``where`` names it in errors).
+
+        Raises:
+            ArtefactError: a missing field or a field of the wrong type.
+        """
+        d = _object(data, where)
+        return cls(
+            _float(d, "min_cosine_target", where),
+            _float(d, "calibration_min_cosine", where),
+            _int(d, "trials", where),
+        )
+
+
+@dataclass(frozen=True)
+class QuantisationRecord:
+    """How a quantised variant was built, and what it holds.
+
+    Attributes:
+        target_isa: the CPU the recipe targets (``avx512_vnni``, ``avx2``, ``arm64``...).
+        layout: ``fused-bert`` or ``per-token`` (the graph layout actually written).
+        matmul_op: the int8/low-bit kernel: ``MatMulIntegerToFloat`` or ``MatMulNBits``.
+        weight_type: ``s8`` or ``u8`` (u8 x u8 kernels: no 16-bit saturation without VNNI).
+        activation_granularity: how activations are scaled (static, per token...).
+        quantised_matmuls: MatMuls of the exported graph quantised.
+        quantised_matmul_nodes: int8 kernels they became (MatMuls sharing an input merge).
+        quantised_gathers: embedding tables quantised (0 or 1).
+        fp32_matmuls: eligible MatMuls left float, by the exported graph's node names.
+        folded_shape_tensors: shape tensors folded into constants.
+        graph_nodes: nodes in the written graph.
+        ort_ops: onnxruntime contrib ops the graph uses.
+        size_bytes: the model file's size.
+        settings: every setting of the quantisation recipe, by name (informational: the
+            fields of ``embedrt.export.quantize.Recipe``, e.g. ``smoothing_alpha``).
+        calibration_sentences: how many calibration sentences set static ranges and smoothing.
+        built_on: the exporting machine (``machine``) and the CPU targets it supports
+            (``cpu_features``; informational).
+        accuracy_search: set when export searched for a minimum cosine.
+    """
+
+    target_isa: str
+    layout: str
+    matmul_op: str
+    weight_type: str
+    activation_granularity: str
+    quantised_matmuls: int
+    quantised_matmul_nodes: int
+    quantised_gathers: int
+    fp32_matmuls: tuple[str, ...]
+    folded_shape_tensors: int
+    graph_nodes: int
+    ort_ops: tuple[str, ...]
+    size_bytes: int
+    settings: Mapping[str, JSONValue]
+    calibration_sentences: int = 0
+    built_on: Mapping[str, JSONValue] = field(default_factory=dict)
+    accuracy_search: AccuracySearchRecord | None = None
+
+    @classmethod
+    def from_dict(cls, data: object, where: str) -> QuantisationRecord:
+        """Validate ``data`` (``where`` names it in errors).
+
+        Raises:
+            ArtefactError: a missing field or a field of the wrong type.
+        """
+        d = _object(data, where)
+        search = d.get("accuracy_search")
+        return cls(
+            target_isa=_str(d, "target_isa", where),
+            layout=_str(d, "layout", where),
+            matmul_op=_str(d, "matmul_op", where),
+            weight_type=_str(d, "weight_type", where),
+            activation_granularity=_str(d, "activation_granularity", where),
+            quantised_matmuls=_int(d, "quantised_matmuls", where),
+            quantised_matmul_nodes=_int(d, "quantised_matmul_nodes", where),
+            quantised_gathers=_int(d, "quantised_gathers", where),
+            fp32_matmuls=_strings(d, "fp32_matmuls", where),
+            folded_shape_tensors=_int(d, "folded_shape_tensors", where),
+            graph_nodes=_int(d, "graph_nodes", where),
+            ort_ops=_strings(d, "ort_ops", where),
+            size_bytes=_int(d, "size_bytes", where),
+            settings=_object(d.get("settings"), _at(where, "settings"), required=True),
+            calibration_sentences=_int(d, "calibration_sentences", where, default=0),
+            built_on=_object(d.get("built_on", {}), _at(where, "built_on")),
+            accuracy_search=(
+                None
+                if search is None
+                else AccuracySearchRecord.from_dict(search, _at(where, "accuracy_search"))
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class ArtefactRecipe:
+    """How the artefact's graph was made from the exported one.
+
+    Attributes:
+        method: the tool and settings, in words.
+        dtype: the compute type of a float variant (``float32``); None for quantised ones.
+        requires_cpu_flags: CPU flags the graph's kernels need; the runtime warns at load
+            when this CPU lacks one.
+        fused_ops: onnxruntime fusions applied, with counts (``fp32-optimised``).
+        quantisation: set for quantised variants.
+    """
+
+    method: str
+    dtype: str | None = None
+    requires_cpu_flags: tuple[str, ...] = ()
+    fused_ops: Mapping[str, int] = field(default_factory=dict)
+    quantisation: QuantisationRecord | None = None
+
+    def to_dict(self) -> dict[str, JSONValue]:
+        """The recipe as JSON-ready data."""
+        return _jsonable(self)
+
+    @classmethod
+    def from_dict(cls, data: object, where: str) -> ArtefactRecipe:
+        """Validate ``data`` (``where`` names it in errors).
+
+        Raises:
+            ArtefactError: a missing field or a field of the wrong type.
+        """
+        d = _object(data, where)
+        fused = _object(d.get("fused_ops", {}), _at(where, "fused_ops"))
+        quantisation = d.get("quantisation")
+        dtype = d.get("dtype")
+        if dtype is not None and not isinstance(dtype, str):
+            raise _wrong_type(_at(where, "dtype"), "a string or null", dtype)
+        return cls(
+            method=_str(d, "method", where),
+            dtype=dtype,
+            requires_cpu_flags=_strings(d, "requires_cpu_flags", where, default=()),
+            fused_ops={k: _int(fused, k, _at(where, "fused_ops")) for k in fused},
+            quantisation=(
+                None
+                if quantisation is None
+                else QuantisationRecord.from_dict(quantisation, _at(where, "quantisation"))
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -30,9 +266,9 @@ class Manifest:
     Attributes:
         schema_version: version of this layout; the runtime refuses versions it does not know.
         model_name: short name of the source model, e.g. ``all-MiniLM-L6-v2``.
-        source: where the model came from: ``path``, ``weights_file``, ``weights_sha256``.
+        source: where the model came from.
         dim: embedding dimension.
-        pooling: ``mean`` (attention-mask weighted), ``cls`` or ``max``.
+        pooling: one of :data:`POOLING_MODES` (``mean`` is attention-mask weighted).
         normalize: whether embeddings are L2-normalised.
         max_seq_length: token limit the source model applies (sentence-transformers'
             ``max_seq_length``); longer inputs are truncated or refused.
@@ -42,11 +278,12 @@ class Manifest:
         variant: ``fp32``, ``int8``, ...; ``recipe`` says how it was made.
         files: sha256 of each file in the artefact, by file name.
         versions: library versions used at export.
-        parity: agreement with the torch reference measured at export.
+        parity: agreement with the torch reference measured at export; None when export
+            did not check.
     """
 
     model_name: str
-    source: Mapping[str, Any]
+    source: SourceRecord
     dim: int
     pooling: str
     normalize: bool
@@ -55,18 +292,16 @@ class Manifest:
     output: str
     pad_token_id: int
     variant: str
-    recipe: Mapping[str, Any]
+    recipe: ArtefactRecipe
     files: Mapping[str, str]
     versions: Mapping[str, str] = field(default_factory=dict)
-    parity: Mapping[str, Any] = field(default_factory=dict)
+    parity: ParityReport | None = None
     created_at: str = ""
     schema_version: int = SCHEMA_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JSONValue]:
         """The manifest as plain JSON-ready data."""
-        data = dataclasses.asdict(self)
-        data["inputs"] = list(self.inputs)
-        return data
+        return _jsonable(self)
 
     def save(self, directory: Path) -> Path:
         """Write ``manifest.json`` into ``directory`` and return its path."""
@@ -75,30 +310,54 @@ class Manifest:
         return path
 
     @classmethod
-    def from_dict(cls, data: Any, origin: str = "manifest") -> Manifest:
-        """Validate ``data`` and build a manifest.
+    def from_dict(cls, data: object, origin: str = "manifest") -> Manifest:
+        """Validate ``data`` and build a manifest (schema version 1 is converted first).
 
         Raises:
-            ArtefactError: unknown schema version, a missing field or a field of the wrong type.
+            ArtefactError: unknown schema version, a missing field or a field of the wrong
+                type (the message names ``origin`` and the field).
         """
-        if not isinstance(data, dict):
-            raise ArtefactError(f"{origin}: expected a JSON object, got {type(data).__name__}")
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        d = _object(data, origin, what="a JSON object")
+        version = d.get("schema_version")
+        if version not in READABLE_SCHEMA_VERSIONS or isinstance(version, bool):
             raise ArtefactError(
                 f"{origin}: schema_version {version!r} is not supported (this embedrt reads "
-                f"version {SCHEMA_VERSION}); re-export the model with this embedrt version"
+                f"versions {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}); {_REEXPORT}"
             )
-        values: dict[str, Any] = {}
-        for spec in dataclasses.fields(cls):
-            if spec.name not in data:
-                if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
-                    raise ArtefactError(f"{origin}: required field {spec.name!r} is missing")
-                continue
-            values[spec.name] = data[spec.name]
-        _check_types(values, origin)
-        values["inputs"] = tuple(values["inputs"])
-        return cls(**values)
+        if version == 1:
+            try:
+                return cls._from_current(_upgrade_v1(d), f"{origin} (schema_version 1)")
+            except (ArtefactError, KeyError, TypeError, AttributeError) as err:
+                raise ArtefactError(
+                    f"{origin}: written by an older embedrt (schema_version 1) and cannot be read "
+                    f"({err}); {_REEXPORT}"
+                ) from err
+        return cls._from_current(d, origin)
+
+    @classmethod
+    def _from_current(cls, d: Mapping[str, object], origin: str) -> Manifest:
+        files = _object(d.get("files"), _at(origin, "files"), required=True)
+        versions = _object(d.get("versions", {}), _at(origin, "versions"))
+        parity = d.get("parity")
+        manifest = cls(
+            model_name=_str(d, "model_name", origin),
+            source=SourceRecord.from_dict(_required(d, "source", origin), _at(origin, "source")),
+            dim=_int(d, "dim", origin),
+            pooling=_str(d, "pooling", origin),
+            normalize=_bool(d, "normalize", origin),
+            max_seq_length=_int(d, "max_seq_length", origin),
+            inputs=_strings(d, "inputs", origin),
+            output=_str(d, "output", origin),
+            pad_token_id=_int(d, "pad_token_id", origin),
+            variant=_str(d, "variant", origin),
+            recipe=ArtefactRecipe.from_dict(_required(d, "recipe", origin), _at(origin, "recipe")),
+            files={k: _str(files, k, _at(origin, "files")) for k in files},
+            versions={k: _str(versions, k, _at(origin, "versions")) for k in versions},
+            parity=None if parity is None else ParityReport.from_dict(parity, _at(origin, "parity")),
+            created_at=_str(d, "created_at", origin, default=""),
+        )
+        _check_values(manifest, origin)
+        return manifest
 
     @classmethod
     def load(cls, directory: Path) -> Manifest:
@@ -122,54 +381,6 @@ class Manifest:
         return cls.from_dict(data, origin=str(path))
 
 
-_TYPES: dict[str, type | tuple[type, ...]] = {
-    "model_name": str,
-    "source": dict,
-    "dim": int,
-    "pooling": str,
-    "normalize": bool,
-    "max_seq_length": int,
-    "inputs": list,
-    "output": str,
-    "pad_token_id": int,
-    "variant": str,
-    "recipe": dict,
-    "files": dict,
-    "versions": dict,
-    "parity": dict,
-    "created_at": str,
-}
-
-
-def _check_types(values: Mapping[str, Any], origin: str) -> None:
-    for name, value in values.items():
-        expected = _TYPES.get(name)
-        if expected is None:
-            continue
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise ArtefactError(
-                f"{origin}: field {name!r} should be {_type_name(expected)}, "
-                f"got {type(value).__name__}"
-            )
-    if values["pooling"] not in POOLING_MODES:
-        raise ArtefactError(
-            f"{origin}: pooling {values['pooling']!r} is not one of {', '.join(POOLING_MODES)}"
-        )
-    for name in ("dim", "max_seq_length"):
-        if values[name] <= 0:
-            raise ArtefactError(f"{origin}: field {name!r} must be positive, got {values[name]}")
-    if not values["inputs"] or not all(isinstance(n, str) for n in values["inputs"]):
-        raise ArtefactError(f"{origin}: field 'inputs' must be a non-empty list of names")
-
-
-def _type_name(expected: type | tuple[type, ...]) -> str:
-    if isinstance(expected, tuple):
-        return " or ".join(t.__name__ for t in expected)
-    return {"dict": "an object", "list": "a list", "str": "a string"}.get(
-        expected.__name__, f"a {expected.__name__}"
-    )
-
-
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -177,3 +388,162 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# --- validation -------------------------------------------------------------------------------
+
+def _at(where: str, name: str) -> str:
+    """``where`` extended by field ``name``: ``file: field 'recipe'``, then ``...'recipe.method'``."""
+    if where.endswith("'"):
+        return f"{where[:-1]}.{name}'"
+    return f"{where}: field {name!r}"
+
+
+def _wrong_type(where: str, expected: str, value: object) -> ArtefactError:
+    return ArtefactError(f"{where} should be {expected}, got {type(value).__name__}")
+
+
+def _object(
+    value: object, where: str, what: str = "an object", required: bool = False
+) -> dict[str, JSONValue]:
+    if value is None and required:
+        raise ArtefactError(f"{where} is missing (required)")
+    if not isinstance(value, dict):
+        if where.endswith("'"):  # a field, as _at names it
+            raise _wrong_type(where, what, value)
+        raise ArtefactError(f"{where}: expected {what}, got {type(value).__name__}")
+    return value
+
+
+def _required(d: Mapping[str, object], name: str, where: str) -> object:
+    if name not in d:
+        raise ArtefactError(f"{_at(where, name)} is missing (required)")
+    return d[name]
+
+
+def _typed(
+    d: Mapping[str, object],
+    name: str,
+    where: str,
+    check: Callable[[object], bool],
+    expected: str,
+    default: object = dataclasses.MISSING,
+) -> Any:  # the caller's declared return type is what ``check`` verified
+    if name not in d:
+        if default is dataclasses.MISSING:
+            raise ArtefactError(f"{_at(where, name)} is missing (required)")
+        return default
+    value = d[name]
+    if not check(value):
+        raise _wrong_type(_at(where, name), expected, value)
+    return value
+
+
+def _str(d: Mapping[str, object], name: str, where: str, default: str | None = None) -> str:
+    missing = dataclasses.MISSING if default is None else default
+    value: str = _typed(d, name, where, lambda v: isinstance(v, str), "a string", missing)
+    return value
+
+
+def _int(d: Mapping[str, object], name: str, where: str, default: int | None = None) -> int:
+    missing = dataclasses.MISSING if default is None else default
+    value: int = _typed(
+        d, name, where, lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer", missing
+    )
+    return value
+
+
+def _float(d: Mapping[str, object], name: str, where: str) -> float:
+    value = _typed(
+        d, name, where, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"
+    )
+    return float(value)
+
+
+def _bool(d: Mapping[str, object], name: str, where: str) -> bool:
+    value: bool = _typed(d, name, where, lambda v: isinstance(v, bool), "true or false")
+    return value
+
+
+def _strings(
+    d: Mapping[str, object], name: str, where: str, default: tuple[str, ...] | None = None
+) -> tuple[str, ...]:
+    missing = dataclasses.MISSING if default is None else list(default)
+    value = _typed(
+        d,
+        name,
+        where,
+        lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "a list of strings",
+        missing,
+    )
+    return tuple(value)
+
+
+def _check_values(manifest: Manifest, origin: str) -> None:
+    if manifest.pooling not in POOLING_MODES:
+        raise ArtefactError(
+            f"{_at(origin, 'pooling')}: {manifest.pooling!r} is not one of {', '.join(POOLING_MODES)}"
+        )
+    for name in ("dim", "max_seq_length"):
+        value = getattr(manifest, name)
+        if value <= 0:
+            raise ArtefactError(f"{_at(origin, name)} must be positive, got {value}")
+    if not manifest.inputs:
+        raise ArtefactError(f"{_at(origin, 'inputs')} must be a non-empty list of names")
+
+
+def _jsonable(record: object) -> dict[str, JSONValue]:
+    """A record as JSON-ready data: tuples become lists, mappings plain dicts."""
+    data = dataclasses.asdict(record)  # type: ignore[call-overload]  # always a dataclass here
+
+    def plain(value: JSONValue | tuple[JSONValue, ...]) -> JSONValue:
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {k: plain(v) for k, v in data.items()}
+
+
+def _upgrade_v1(d: Mapping[str, Any]) -> dict[str, Any]:  # v1 JSON: checked after conversion
+    """A schema-version-1 manifest in the current layout.
+
+    Version 1 kept ``parity`` as ``{}`` when unchecked and a quantised recipe as
+    ``{"method", "recipe": {settings}, <counts>, "requires_cpu_flags", "built_on", ...}``.
+    """
+    data = dict(d)
+    data["schema_version"] = SCHEMA_VERSION
+    if data.get("parity") == {}:
+        data["parity"] = None
+    recipe = dict(data.get("recipe", {}))
+    settings = recipe.pop("recipe", None)
+    if settings is not None:
+        quantisation = {
+            key: settings[key]
+            for key in ("target_isa", "layout", "matmul_op", "weight_type", "activation_granularity")
+        }
+        for key in (
+            "quantised_matmuls",
+            "quantised_matmul_nodes",
+            "quantised_gathers",
+            "fp32_matmuls",
+            "folded_shape_tensors",
+            "graph_nodes",
+            "ort_ops",
+            "size_bytes",
+            "calibration_sentences",
+            "built_on",
+            "accuracy_search",
+        ):
+            if key in recipe:
+                quantisation[key] = recipe.pop(key)
+        quantisation["settings"] = settings
+        recipe = {
+            "method": recipe["method"],
+            "requires_cpu_flags": recipe.get("requires_cpu_flags", []),
+            "quantisation": quantisation,
+        }
+    data["recipe"] = recipe
+    return data

@@ -1,4 +1,9 @@
-"""Session fixtures: tiny models exported once per session, and the real model's artefact.
+"""Session fixtures: every artefact the tests read is exported once per test run.
+
+Tiny models (built in the session) in fp32, int8, int8-edge, int4-edge and the per-token
+layout, and the bundled all-MiniLM-L6-v2 in fp32 and int8. Tests that only read an
+artefact take these fixtures; a test exports on its own only when the export itself is
+what it checks (a refusal, a monkeypatched step, an option).
 
 Artefacts are written under $EMBEDRT_TEST_ARTEFACTS when it is set (so a later run in an
 environment without the [export] extra can reuse them), else under pytest's tmp dir. With the
@@ -13,6 +18,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -21,7 +27,7 @@ HAS_EXPORT = all(
     for name in ("torch", "transformers", "optimum", "sentence_transformers")
 )
 REPO = Path(__file__).resolve().parent.parent
-STSB_DEV = REPO.parent / "shared" / "data" / "stsb-dev" / "dev.tsv"
+STSB_DEV = REPO / "bench" / "data" / "stsb-dev" / "dev.tsv"  # shipped with the project
 
 
 def _tiny_models_module() -> ModuleType:
@@ -30,6 +36,12 @@ def _tiny_models_module() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> ModuleType:
+    """The module that builds the tiny models (``build``, ``add_stage``, ``WORDS``)."""
+    return _tiny_models_module()
 
 
 @pytest.fixture(scope="session")
@@ -55,49 +67,98 @@ def _artefact(root: Path, name: str, build: Callable[[Path], None]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def tiny_sources(tmp_path_factory: pytest.TempPathFactory, tiny_models: ModuleType) -> dict[str, Path]:
     """Sentence-transformers folders of the tiny models (needs the [export] extra)."""
     if not HAS_EXPORT:
         pytest.skip("building tiny models needs the [export] extra")
-    tiny = _tiny_models_module()
     root = tmp_path_factory.mktemp("tiny-sources")
-    return {arch: tiny.build(root, arch) for arch in ("bert", "distilbert")}
+    return {arch: tiny_models.build(root, arch) for arch in ("bert", "distilbert")}
 
 
-def _export_tiny(arch: str, request: pytest.FixtureRequest) -> Callable[[Path], None]:
+def _exported(request: pytest.FixtureRequest, name: str, arch: str | None, variant: str) -> Path:
+    """``arch`` (a tiny model; None: the bundled MiniLM) exported as ``variant``, parity checked."""
+
     def build(target: Path) -> None:
-        from embedrt.export import export_model
+        from embedrt.export import ExportOptions, export_model
 
-        sources = request.getfixturevalue("tiny_sources")
-        export_model(sources[arch], target)
+        source = None if arch is None else request.getfixturevalue("tiny_sources")[arch]
+        export_model(source, target, ExportOptions(variant=variant))
 
-    return build
+    return _artefact(request.getfixturevalue("artefact_root"), name, build)
 
 
 @pytest.fixture(scope="session")
-def tiny_bert(artefact_root: Path, request: pytest.FixtureRequest) -> Path:
+def tiny_bert(request: pytest.FixtureRequest) -> Path:
     """Artefact of the tiny BERT: mean pooling, normalised, token_type_ids, max 24 tokens."""
-    return _artefact(artefact_root, "tiny-bert", _export_tiny("bert", request))
+    return _exported(request, "tiny-bert", "bert", "fp32")
 
 
 @pytest.fixture(scope="session")
-def tiny_distilbert(artefact_root: Path, request: pytest.FixtureRequest) -> Path:
+def tiny_distilbert(request: pytest.FixtureRequest) -> Path:
     """Artefact of the tiny DistilBERT: CLS pooling, not normalised, no token_type_ids."""
-    return _artefact(artefact_root, "tiny-distilbert", _export_tiny("distilbert", request))
+    return _exported(request, "tiny-distilbert", "distilbert", "fp32")
 
 
 @pytest.fixture(scope="session")
-def minilm_fp32(artefact_root: Path) -> Path:
+def tiny_bert_int8(request: pytest.FixtureRequest) -> Path:
+    """The tiny BERT as int8 (fused-bert layout), parity checked."""
+    return _exported(request, "tiny-bert-int8", "bert", "int8")
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert_int8(request: pytest.FixtureRequest) -> Path:
+    """The tiny DistilBERT as int8 (fused-bert layout), parity checked."""
+    return _exported(request, "tiny-distilbert-int8", "distilbert", "int8")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_int8_edge(request: pytest.FixtureRequest) -> Path:
+    """The tiny BERT as int8-edge (4-bit embedding table), parity checked."""
+    return _exported(request, "tiny-bert-int8-edge", "bert", "int8-edge")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_int4_edge(request: pytest.FixtureRequest) -> Path:
+    """The tiny BERT as int4-edge (MatMulNBits), parity checked."""
+    return _exported(request, "tiny-bert-int4-edge", "bert", "int4-edge")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_per_token(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """The tiny BERT's fp32 graph quantised in the per-token layout: (model file, record)."""
+    if not HAS_EXPORT:
+        pytest.skip("quantising needs the [export] extra")
+    from embedrt.export import quantize
+    from embedrt.runtime import Manifest
+
+    out = tmp_path_factory.mktemp("per-token") / "model.onnx"
+    feeds = quantize.calibration_feeds(
+        tiny_bert / "tokenizer.json", max_seq_length=Manifest.load(tiny_bert).max_seq_length
+    )
+    recipe = quantize.recipe_for("int8", layout="per-token")
+    return out, quantize.quantize(tiny_bert / "model.onnx", out, recipe, calibration=feeds)
+
+
+@pytest.fixture(scope="session")
+def minilm_fp32(request: pytest.FixtureRequest) -> Path:
     """The bundled all-MiniLM-L6-v2 exported as fp32 (checked against torch at export)."""
-
-    def build(target: Path) -> None:
-        from embedrt.export import export_model
-
-        export_model(None, target)
-
-    return _artefact(artefact_root, "minilm-fp32", build)
+    return _exported(request, "minilm-fp32", None, "fp32")
 
 
 @pytest.fixture(scope="session")
-def tiny_model_words() -> list[str]:
-    return list(_tiny_models_module().WORDS)
+def minilm_int8(request: pytest.FixtureRequest) -> Path:
+    """The bundled all-MiniLM-L6-v2 exported as int8 (checked against torch at export)."""
+    return _exported(request, "minilm-int8", None, "int8")
+
+
+@pytest.fixture(scope="session")
+def stsb_dev() -> tuple[list[tuple[str, str]], list[float]]:
+    """The STS-B dev pairs and gold scores shipped in bench/data (1,500 pairs)."""
+    from embedrt.bench.workloads import read_sts
+
+    return read_sts(STSB_DEV)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_words(tiny_models: ModuleType) -> list[str]:
+    return list(tiny_models.WORDS)

@@ -19,14 +19,13 @@ from embedrt.export.parity import compare, load_reference, validation_sentences
 from embedrt.runtime import Embedder, Manifest, cosine_similarity
 
 pytestmark = pytest.mark.real_model
-STSB_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb-dev" / "dev.tsv"
 BANK = ("I deposited money in the bank.", "I sat by the river bank.")
 MIN_COSINE, MAX_ABS_DIFF = 0.99999, 1e-5
 
 
 @pytest.fixture(scope="module")
 def reference(minilm_fp32: Path) -> Any:
-    return load_reference(Path(Manifest.load(minilm_fp32).source["path"]))
+    return load_reference(Path(Manifest.load(minilm_fp32).source.path))
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +71,10 @@ def test_seed_bank_sentences(embedder: Embedder, reference: Any) -> None:
     assert abs(ours - torch_score) <= 1e-5, (ours, torch_score)
 
 
-@pytest.mark.skipif(not STSB_DEV.is_file(), reason=f"{STSB_DEV} not present")
-def test_parity_on_stsb_dev_sentences(embedder: Embedder, reference: Any) -> None:
-    rows = [line.split("\t") for line in STSB_DEV.read_text(encoding="utf-8").splitlines()[1:]]
-    texts = [text for row in rows for text in row[:2]]
+def test_parity_on_stsb_dev_sentences(
+    embedder: Embedder, reference: Any, stsb_dev: tuple[list[tuple[str, str]], list[float]]
+) -> None:
+    texts = [text for pair in stsb_dev[0] for text in pair]
     assert len(texts) == 3000
     expected = reference.encode(texts, batch_size=64, convert_to_numpy=True)
     report = compare(expected, embedder.embed(texts, batch_size=64), MIN_COSINE, MAX_ABS_DIFF)

@@ -14,16 +14,29 @@ if importlib.util.find_spec("torch") is None or importlib.util.find_spec("onnx")
     pytest.skip("quantisation tests need the [export] extra", allow_module_level=True)
 
 import onnx
-from embedrt.export import ExportOptions, export_model
-from embedrt.export._quantize import UnknownISAError
-from embedrt.export.accuracy import AccuracyTargetError
+from embedrt.export import AccuracyTargetError, ExportOptions, UnknownISAError, export_model, quantize
+from embedrt.export.quantize import blocks
+from embedrt.export.quantize.shapes import fold_shape_arithmetic
 from embedrt.runtime import Embedder, Manifest
+from embedrt.runtime.manifest import QuantisationRecord
+from embedrt.runtime.pooling import row_cosines
 
-STSB_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb-dev" / "dev.tsv"
 MIXED = [
-    "the cat", "a man is playing guitar", "", "hello world " * 3, "the quick brown fox jumps",
-    "the cat sat on the road " * 8, "dog", "water tree house car road music piano",
+    "the cat",
+    "a man is playing guitar",
+    "",
+    "hello world " * 3,
+    "the quick brown fox jumps",
+    "the cat sat on the road " * 8,
+    "dog",
+    "water tree house car road music piano",
 ] * 4
+
+
+def _quantisation(artefact: Path) -> QuantisationRecord:
+    record = Manifest.load(artefact).recipe.quantisation
+    assert record is not None
+    return record
 
 
 def _op_counts(model_file: Path) -> dict[str, int]:
@@ -45,90 +58,78 @@ def _invariance(embedder: Embedder, texts: list[str], batch_sizes: tuple[int, ..
         for start in range(0, len(order), size):
             rows = order[start : start + size]
             batched[rows] = embedder.encode([texts[i] for i in rows], batch_size=size).vectors
-        worst = min(worst, float((alone * batched).sum(axis=1).min()))
+        worst = min(worst, float(row_cosines(alone, batched).min()))
     return worst
 
 
-@pytest.fixture(scope="module")
-def tiny_int8(tiny_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    target = tmp_path_factory.mktemp("int8") / "tiny-int8"
-    export_model(tiny_sources["bert"], target, ExportOptions(variant="int8"))
-    return target
-
-
 @pytest.mark.export
-def test_recipe_matches_the_graph(tiny_int8: Path) -> None:
-    recipe = Manifest.load(tiny_int8).recipe
-    counts = _op_counts(tiny_int8 / "model.onnx")
-    assert recipe["recipe"]["layout"] == "fused-bert"
-    assert recipe["quantised_matmuls"] == 12  # 2 layers x (Q, K, V, attention out, FFN in, FFN out)
+def test_recipe_matches_the_graph(tiny_bert_int8: Path) -> None:
+    recipe = _quantisation(tiny_bert_int8)
+    counts = _op_counts(tiny_bert_int8 / "model.onnx")
+    assert recipe.layout == "fused-bert"
+    assert recipe.quantised_matmuls == 12  # 2 layers x (Q, K, V, attention out, FFN in, FFN out)
     # Per layer: QAttention (Q, K, V and attention in one kernel) and three MatMulIntegerToFloat.
-    assert recipe["quantised_matmul_nodes"] == 8
+    assert recipe.quantised_matmul_nodes == 8
     assert counts.get("QAttention", 0) == 2
     assert counts.get("MatMulIntegerToFloat", 0) == 6
     assert counts.get("Attention", 0) == counts.get("MatMul", 0) == counts.get("Split", 0) == 0
     # One quantisation per int8 kernel input: static for three, per-token (blocked) for FFN-down.
-    graph = onnx.load(str(tiny_int8 / "model.onnx")).graph
+    graph = onnx.load(str(tiny_bert_int8 / "model.onnx")).graph
     quantize = [n for n in graph.node if n.op_type == "QuantizeLinear"]
     assert len(quantize) == 8
     assert sum(any(a.name == "block_size" for a in n.attribute) for n in quantize) == 2
-    assert recipe["graph_nodes"] == sum(counts.values())
-    assert recipe["fp32_matmuls"] == []
-    assert recipe["quantised_gathers"] == counts.get("GatherBlockQuantized", 0) == 1
-    assert recipe["recipe"]["activation_granularity"] == "static per-tensor; per-token for the FFN-down input"
-    assert Manifest.load(tiny_int8).parity["passed"] is True
+    assert recipe.graph_nodes == sum(counts.values())
+    assert recipe.fp32_matmuls == ()
+    assert recipe.quantised_gathers == counts.get("GatherBlockQuantized", 0) == 1
+    assert recipe.activation_granularity == "static per-tensor; per-token for the FFN-down input"
+    parity = Manifest.load(tiny_bert_int8).parity
+    assert parity is not None and parity.passed
 
 
 @pytest.mark.export
-def test_per_token_layout_matches_the_graph(tiny_sources: dict[str, Path], tmp_path: Path) -> None:
-    from embedrt.export import _quantize
-
-    fp32 = export_model(tiny_sources["bert"], tmp_path / "fp32", ExportOptions(variant="fp32"))
-    feeds = _quantize.calibration_feeds(
-        tmp_path / "fp32" / "tokenizer.json", max_seq_length=fp32.max_seq_length
-    )
-    recipe = _quantize.recipe_for("int8", layout="per-token")
-    record = _quantize.quantize(
-        tmp_path / "fp32" / "model.onnx", tmp_path / "pt.onnx", recipe, calibration=feeds
-    )
-    counts = _op_counts(tmp_path / "pt.onnx")
-    assert record["recipe"]["layout"] == "per-token"
-    assert record["recipe"]["activation_granularity"] == "per-token"
+def test_per_token_layout_matches_the_graph(tiny_bert_per_token: tuple[Path, QuantisationRecord]) -> None:
+    model_file, record = tiny_bert_per_token
+    counts = _op_counts(model_file)
+    assert record.layout == "per-token"
+    assert record.activation_granularity == "per-token"
     # Q, K and V read the same tensor: one kernel per layer, split back into three.
-    assert record["quantised_matmuls"] == 12 and record["quantised_matmul_nodes"] == 8
+    assert record.quantised_matmuls == 12 and record.quantised_matmul_nodes == 8
     assert counts.get("MatMulIntegerToFloat", 0) == 8
     assert counts.get("Split", 0) == 2
     assert counts.get("QuantizeLinear", 0) == 8  # one per distinct input
-    assert record["graph_nodes"] == sum(counts.values())
+    assert record.graph_nodes == sum(counts.values())
+
+
+def _no_layer_matches(*args: Any) -> Any:
+    raise quantize.PatternMismatchError("onnxruntime's optimizer fused no Attention node")
 
 
 @pytest.mark.export
 def test_search_candidates_follow_the_layout_actually_used(
-    tiny_sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import dataclasses
 
-    from embedrt.export import _fused, _quantize
+    from embedrt.export.quantize import pipeline
 
-    export_model(tiny_sources["bert"], tmp_path / "fp32", ExportOptions(variant="fp32"))
-    fp32 = tmp_path / "fp32" / "model.onnx"
-    fused, per_token = _quantize.recipe_for("int8"), _quantize.recipe_for("int8", layout="per-token")
+    fp32 = tiny_bert / "model.onnx"
+    fused, per_token = quantize.recipe_for("int8"), quantize.recipe_for("int8", layout="per-token")
     # Fused: Q, K and V go together, so one candidate each; per-token: every MatMul.
-    assert len(_quantize.search_candidates(fp32, fused)) == 2 * 4
-    assert len(_quantize.search_candidates(fp32, per_token)) == 2 * 6
-    monkeypatch.setattr(_fused, "layers", lambda *args: (_ for _ in ()).throw(_fused.NotFusable("x")))
-    assert len(_quantize.search_candidates(fp32, fused)) == 2 * 6  # it would fall back
+    assert len(quantize.search_candidates(fp32, fused)) == 2 * 4
+    assert len(quantize.search_candidates(fp32, per_token)) == 2 * 6
+    monkeypatch.setattr(pipeline, "match_layers", _no_layer_matches)
+    assert len(quantize.search_candidates(fp32, fused)) == 2 * 6  # it would fall back
     # The fallback keeps a caller's "no smoothing".
-    assert _quantize.per_token(dataclasses.replace(fused, smoothing_alpha=None)).smoothing_alpha is None
+    assert quantize.as_per_token(dataclasses.replace(fused, smoothing_alpha=None)).smoothing_alpha is None
 
 
 @pytest.mark.export
-def test_distilbert_fuses_and_stays_faithful(tiny_sources: dict[str, Path], tmp_path: Path) -> None:
-    manifest = export_model(tiny_sources["distilbert"], tmp_path / "d", ExportOptions(variant="int8"))
-    assert manifest.recipe["recipe"]["layout"] == "fused-bert"
-    assert _op_counts(tmp_path / "d" / "model.onnx").get("QAttention", 0) == 2
-    assert manifest.parity["passed"] is True
-    assert _invariance(Embedder.load(tmp_path / "d"), MIXED, (8, 32)) >= 0.99999
+def test_distilbert_fuses_and_stays_faithful(tiny_distilbert_int8: Path) -> None:
+    assert _quantisation(tiny_distilbert_int8).layout == "fused-bert"
+    assert _op_counts(tiny_distilbert_int8 / "model.onnx").get("QAttention", 0) == 2
+    parity = Manifest.load(tiny_distilbert_int8).parity
+    assert parity is not None and parity.passed
+    assert _invariance(Embedder.load(tiny_distilbert_int8), MIXED, (8, 32)) >= 0.99999
 
 
 @pytest.mark.export
@@ -136,29 +137,38 @@ def test_graph_that_does_not_fuse_falls_back_to_per_token(
     tiny_sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Both in-test architectures fuse, so the optimizer's "no Attention found" is simulated.
-    from embedrt.export import _fused
+    from embedrt.export.quantize import pipeline
 
-    def not_fusable(*args: Any) -> Any:
-        raise _fused.NotFusable("onnxruntime's optimizer fused no Attention node")
-
-    monkeypatch.setattr(_fused, "layers", not_fusable)
+    monkeypatch.setattr(pipeline, "match_layers", _no_layer_matches)
     manifest = export_model(tiny_sources["bert"], tmp_path / "b", ExportOptions(variant="int8"))
-    assert manifest.recipe["recipe"]["layout"] == "per-token"
-    assert manifest.recipe["recipe"]["activation_granularity"] == "per-token"
+    assert _quantisation(tmp_path / "b").layout == "per-token"
+    assert _quantisation(tmp_path / "b").activation_granularity == "per-token"
     assert _op_counts(tmp_path / "b" / "model.onnx").get("Split", 0) == 2
-    assert manifest.parity["passed"] is True
+    assert manifest.parity is not None and manifest.parity.passed
 
 
 @pytest.mark.export
-def test_shape_arithmetic_is_folded_without_changing_outputs(
-    tiny_sources: dict[str, Path], tmp_path: Path
-) -> None:
-    import onnxruntime as ort
-    from embedrt.export._simplify import fold_shape_arithmetic
+def test_a_block_that_does_not_match_is_named(tiny_bert: Path) -> None:
+    model = onnx.load(str(tiny_bert / "model.onnx"))
+    from embedrt.export.quantize.fused import fuse
+    from embedrt.export.quantize.graph import weight_matmuls
 
-    artefact = export_model(tiny_sources["bert"], tmp_path / "fp32", ExportOptions(variant="fp32"))
-    model = onnx.load(str(tmp_path / "fp32" / "model.onnx"))
-    before = _op_counts(tmp_path / "fp32" / "model.onnx")
+    fused = fuse(tiny_bert / "model.onnx")
+    unfused = {n.name: n.input[0] for n in weight_matmuls(model.graph)}
+    assert len(blocks.match_layers(fused, unfused)) == 2
+    gelu = next(n for n in fused.graph.node if n.op_type == "BiasGelu")
+    gelu.op_type = "FastGelu"  # an FFN block of another shape
+    with pytest.raises(quantize.PatternMismatchError, match=r"FFN block after .*: expected one BiasGelu"):
+        blocks.match_layers(fused, unfused)
+
+
+@pytest.mark.export
+def test_shape_arithmetic_is_folded_without_changing_outputs(tiny_bert: Path) -> None:
+    import onnxruntime as ort
+
+    artefact = Manifest.load(tiny_bert)
+    model = onnx.load(str(tiny_bert / "model.onnx"))
+    before = _op_counts(tiny_bert / "model.onnx")
     folded = fold_shape_arithmetic(model)
     after = {n.op_type for n in model.graph.node}
     constants = {i.name for i in model.graph.initializer}
@@ -172,52 +182,69 @@ def test_shape_arithmetic_is_folded_without_changing_outputs(
     feed["attention_mask"][1, 9:] = 0
     if "token_type_ids" in artefact.inputs:
         feed["token_type_ids"] = np.zeros((3, 13), np.int64)
-    original = ort.InferenceSession(str(tmp_path / "fp32" / "model.onnx")).run(None, feed)[0]
+    original = ort.InferenceSession(str(tiny_bert / "model.onnx")).run(None, feed)[0]
     simplified = ort.InferenceSession(model.SerializeToString()).run(None, feed)[0]
     np.testing.assert_allclose(simplified, original, atol=1e-6)
 
 
 @pytest.mark.export
-def test_tiny_int8_is_batch_invariant(tiny_int8: Path) -> None:
-    assert _invariance(Embedder.load(tiny_int8), MIXED, (8, 32)) >= 0.99999
+def test_tiny_int8_is_batch_invariant(tiny_bert_int8: Path) -> None:
+    assert _invariance(Embedder.load(tiny_bert_int8), MIXED, (8, 32)) >= 0.99999
 
 
 @pytest.mark.export
-@pytest.mark.parametrize(("variant", "matmul_op", "embedding_bits"), [
-    ("int8-edge", "MatMulIntegerToFloat", 4),
-    ("int4-edge", "MatMulNBits", 4),
-])
+@pytest.mark.parametrize(
+    ("fixture", "variant", "matmul_op", "embedding_bits"),
+    [
+        ("tiny_bert_int8_edge", "int8-edge", "MatMulIntegerToFloat", 4),
+        ("tiny_bert_int4_edge", "int4-edge", "MatMulNBits", 4),
+    ],
+)
 def test_edge_variants_are_checked_artefacts(
-    tiny_sources: dict[str, Path], tmp_path: Path, variant: str, matmul_op: str, embedding_bits: int
+    request: pytest.FixtureRequest, fixture: str, variant: str, matmul_op: str, embedding_bits: int
 ) -> None:
-    manifest = export_model(tiny_sources["bert"], tmp_path / variant, ExportOptions(variant=variant))
-    recipe = manifest.recipe
-    counts = _op_counts(tmp_path / variant / "model.onnx")
-    gathers = [n for n in onnx.load(str(tmp_path / variant / "model.onnx")).graph.node
-               if n.op_type == "GatherBlockQuantized"]
-    assert manifest.variant == variant and manifest.parity["passed"] is True
-    assert recipe["recipe"]["matmul_op"] == matmul_op and recipe["quantised_matmuls"] == 12
-    assert counts.get(matmul_op, 0) + counts.get("QAttention", 0) == recipe["quantised_matmul_nodes"]
+    artefact: Path = request.getfixturevalue(fixture)
+    manifest = Manifest.load(artefact)
+    recipe = _quantisation(artefact)
+    counts = _op_counts(artefact / "model.onnx")
+    gathers = [
+        n for n in onnx.load(str(artefact / "model.onnx")).graph.node if n.op_type == "GatherBlockQuantized"
+    ]
+    assert manifest.variant == variant and manifest.parity is not None and manifest.parity.passed
+    assert recipe.matmul_op == matmul_op and recipe.quantised_matmuls == 12
+    assert counts.get(matmul_op, 0) + counts.get("QAttention", 0) == recipe.quantised_matmul_nodes
     assert [a.i for g in gathers for a in g.attribute if a.name == "bits"] == [embedding_bits]
     # Both edge recipes quantise activations per row (or per row block): batch-invariant too.
-    assert _invariance(Embedder.load(tmp_path / variant), MIXED, (8, 32)) >= 0.99999
+    assert _invariance(Embedder.load(artefact), MIXED, (8, 32)) >= 0.99999
 
 
 @pytest.mark.export
 def test_explicit_isa_without_vnni_uses_the_saturation_safe_form(
     tiny_sources: dict[str, Path], tmp_path: Path
 ) -> None:
-    manifest = export_model(tiny_sources["distilbert"], tmp_path / "avx2", ExportOptions("int8", isa="avx2"))
-    assert manifest.recipe["recipe"]["target_isa"] == "avx2"
-    assert manifest.recipe["recipe"]["weight_type"] == "u8"
-    assert manifest.recipe["requires_cpu_flags"] == ["avx2"]
+    options = ExportOptions("int8", isa="avx2", check=False)  # what is checked here is the recipe
+    manifest = export_model(tiny_sources["distilbert"], tmp_path / "avx2", options)
+    recipe = _quantisation(tmp_path / "avx2")
+    assert recipe.target_isa == "avx2" and recipe.settings["target_isa"] == "avx2"
+    assert recipe.weight_type == "u8"
+    assert manifest.recipe.requires_cpu_flags == ("avx2",)
     assert "token_type_ids" not in manifest.inputs
 
 
-@pytest.mark.export
-def test_unknown_isa(tiny_sources: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(UnknownISAError, match="target ISA 'sse2' is unknown"):
-        export_model(tiny_sources["bert"], tmp_path / "x", ExportOptions("int8", isa="sse2"))
+def test_unknown_isa_fails_when_the_options_are_built() -> None:
+    with pytest.raises(
+        UnknownISAError, match=r"isa 'sse2' is not a known target; choose one of: avx512_vnni"
+    ):
+        ExportOptions("int8", isa="sse2")
+
+
+def test_recipe_for_names_the_keyword() -> None:
+    with pytest.raises(UnknownISAError) as raised:
+        quantize.recipe_for("int8", "sse2")
+    assert raised.value.param is not None and raised.value.param.keyword == "isa"
+    with pytest.raises(quantize.UnknownVariantError, match=r"variant 'fp32' is not a quantised variant"):
+        quantize.recipe_for("fp32", "avx2")
+    assert quantize.VARIANTS == ("int8", "int8-edge", "int4-edge")
 
 
 @pytest.mark.export
@@ -231,18 +258,19 @@ def test_unreachable_accuracy_target_fails_clearly(tiny_sources: dict[str, Path]
 
 @pytest.mark.export
 def test_reachable_accuracy_target_keeps_sensitive_nodes_float(
-    tiny_sources: dict[str, Path], tiny_int8: Path, tmp_path: Path
+    tiny_sources: dict[str, Path], tiny_bert_int8: Path, tmp_path: Path
 ) -> None:
-    baseline = Manifest.load(tiny_int8).parity["min_cosine"]
-    target = min(0.99999, 1 - (1 - baseline) / 4)  # a quarter of the plain recipe's error
-    manifest = export_model(tiny_sources["bert"], tmp_path / "acc", ExportOptions("int8", min_cosine=target))
-    search = manifest.recipe["accuracy_search"]
-    assert search["calibration_min_cosine"] >= target
-    kept = manifest.recipe["fp32_matmuls"]
+    parity = Manifest.load(tiny_bert_int8).parity
+    assert parity is not None
+    target = min(0.99999, 1 - (1 - parity.min_cosine) / 4)  # a quarter of the plain recipe's error
+    export_model(tiny_sources["bert"], tmp_path / "acc", ExportOptions("int8", min_cosine=target))
+    recipe = _quantisation(tmp_path / "acc")
+    assert recipe.accuracy_search is not None and recipe.accuracy_search.calibration_min_cosine >= target
+    kept = recipe.fp32_matmuls
     counts = _op_counts(tmp_path / "acc" / "model.onnx")
-    assert manifest.recipe["quantised_matmuls"] == 12 - len(kept)
+    assert recipe.quantised_matmuls == 12 - len(kept)
     kernels = counts.get("MatMulIntegerToFloat", 0) + counts.get("QAttention", 0)
-    assert kernels == manifest.recipe["quantised_matmul_nodes"]
+    assert kernels == recipe.quantised_matmul_nodes
     # A float attention keeps Q, K and V float (one fused Attention node).
     assert counts.get("MatMul", 0) + 3 * counts.get("Attention", 0) == len(kept)
 
@@ -251,33 +279,22 @@ def test_reachable_accuracy_target_keeps_sensitive_nodes_float(
 
 
 @pytest.fixture(scope="module")
-def minilm_int8(artefact_root: Path) -> Path:
-    target = artefact_root / "minilm-int8"
-    export_model(None, target, ExportOptions(variant="int8"))  # afresh: the code under test
-    return target
-
-
-@pytest.fixture(scope="module")
-def stsb() -> tuple[list[str], np.ndarray]:
-    if not STSB_DEV.is_file():
-        pytest.skip(f"{STSB_DEV} not present")
-    rows = [line.split("\t") for line in STSB_DEV.read_text(encoding="utf-8").splitlines()[1:]]
-    return [text for row in rows for text in row[:2]], np.array([float(row[2]) for row in rows])
+def stsb(stsb_dev: tuple[list[tuple[str, str]], list[float]]) -> tuple[list[str], np.ndarray]:
+    pairs, gold = stsb_dev
+    return [text for pair in pairs for text in pair], np.array(gold)
 
 
 def _spearman_x100(vectors: np.ndarray, gold: np.ndarray) -> float:
-    from scipy.stats import spearmanr
+    from embedrt.bench.quality import spearman
 
-    scores = (vectors[0::2] * vectors[1::2]).sum(axis=1)
-    return float(spearmanr(scores, gold).statistic * 100)
+    return 100 * spearman(row_cosines(vectors[0::2], vectors[1::2]), gold)
 
 
 @pytest.fixture(scope="module")
 def torch_stsb(stsb: tuple[list[str], np.ndarray], minilm_fp32: Path) -> Any:
-    from embedrt.export.parity import load_reference
+    from embedrt.export.parity import reference_embeddings
 
-    reference = load_reference(Path(Manifest.load(minilm_fp32).source["path"]))
-    return reference.encode(stsb[0], batch_size=64, convert_to_numpy=True)
+    return reference_embeddings(Path(Manifest.load(minilm_fp32).source.path), stsb[0], batch_size=64)
 
 
 @pytest.mark.real_model
@@ -286,11 +303,13 @@ def test_int8_fidelity_on_stsb_dev(
 ) -> None:
     texts, gold = stsb
     int8 = Embedder.load(minilm_int8).embed(texts)
-    cosines = (int8 * torch_stsb).sum(axis=1)
+    cosines = row_cosines(int8, torch_stsb)
     fp32_spearman = _spearman_x100(Embedder.load(minilm_fp32).embed(texts), gold)
     drop = fp32_spearman - _spearman_x100(int8, gold)
-    print(f"\nint8 vs torch on STS-B dev: min {cosines.min():.4f} mean {cosines.mean():.5f}; "
-          f"Spearman drop {drop:.3f}")
+    print(
+        f"\nint8 vs torch on STS-B dev: min {cosines.min():.4f} mean {cosines.mean():.5f}; "
+        f"Spearman drop {drop:.3f}"
+    )
     assert cosines.min() >= 0.99 and cosines.mean() >= 0.997
     assert drop <= 0.3
 
@@ -312,7 +331,6 @@ def test_int8_artefact_size(minilm_int8: Path) -> None:
 @pytest.mark.parametrize("allowzero", [0, 1])
 def test_shape_folding_keeps_literal_zero_reshapes(allowzero: int) -> None:
     import onnxruntime as ort
-    from embedrt.export._simplify import fold_shape_arithmetic
     from onnx import TensorProto, helper, numpy_helper
 
     table = numpy_helper.from_array(np.arange(40, dtype=np.float32).reshape(10, 4), "table")
@@ -323,7 +341,8 @@ def test_shape_folding_keeps_literal_zero_reshapes(allowzero: int) -> None:
         helper.make_node("Reshape", ["h", "target"], ["out"], allowzero=allowzero),
     ]
     graph = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
         [table, numpy_helper.from_array(np.array([2, 2], np.int64), "heads")],

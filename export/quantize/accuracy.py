@@ -1,35 +1,29 @@
 """Accuracy-aware quantisation: keep the most sensitive nodes in float until a target holds.
 
-Sensitivity is measured on calibration sentences (``calibration_sentences.json``), never on
+Sensitivity is measured on the calibration sentences (:mod:`.calibration`), never on
 evaluation data: for each quantisable node, how much the minimum per-sentence cosine to the
 torch reference improves when that node alone stays float.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from embedrt.runtime.embedder import Embedder
-from embedrt.runtime.errors import EmbedrtError
-from embedrt.runtime.manifest import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE
+from embedrt.export.errors import AccuracyTargetError
+from embedrt.export.quantize.calibration import calibration_sentences
+from embedrt.runtime.manifest import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, QuantisationRecord
+from embedrt.runtime.pooling import row_cosines
 
 logger = logging.getLogger(__name__)
 
-Quantize = Callable[[Path, Path, Sequence[str]], dict[str, Any]]
-
-
-class AccuracyTargetError(EmbedrtError, ValueError):
-    """No recipe reached the requested minimum cosine, even with every node left in float."""
+Quantize = Callable[[Path, Path, Sequence[str]], QuantisationRecord]
 
 
 @dataclass(frozen=True)
@@ -38,22 +32,15 @@ class SearchResult:
 
     excluded: tuple[str, ...]
     min_cosine: float
-    record: dict[str, Any]
+    record: QuantisationRecord
     trials: int
-
-
-def calibration_sentences() -> list[str]:
-    """Sentences used to measure sensitivity (written for embedrt, not an evaluation set)."""
-    text = resources.files("embedrt.export").joinpath("calibration_sentences.json").read_text()
-    sentences: list[str] = json.loads(text)["sentences"]
-    return sentences
 
 
 def search(
     staging: Path,
     candidates: Sequence[str],
     quantize: Quantize,
-    reference: npt.NDArray[Any],
+    reference: npt.NDArray[np.float32],
     target: float,
     on_trial: Callable[[str], None] = lambda message: None,
 ) -> SearchResult:
@@ -65,6 +52,7 @@ def search(
         quantize: ``quantize(fp32_model, out_model, exclude_nodes) -> record``.
         reference: torch embeddings of :func:`calibration_sentences`.
         target: minimum per-sentence cosine to reach on the calibration sentences.
+        on_trial: called with a one-line report after each trial.
 
     Raises:
         AccuracyTargetError: even with every candidate left in float the target is missed.
@@ -75,24 +63,24 @@ def search(
         shutil.copyfile(staging / MODEL_FILE, fp32)
         trial = _Trial(staging, fp32, Path(scratch), quantize, sentences, reference)
         score, record = trial.run(())
-        total = int(record.get("quantised_matmuls", len(candidates))) + len(record.get("fp32_matmuls", ()))
+        total = record.quantised_matmuls + len(record.fp32_matmuls)
         on_trial(f"all {total} MatMuls quantised: min cosine {score:.5f} (target {target})")
         excluded: list[str] = []
         if score < target:
             ranked = _rank_by_sensitivity(trial, candidates, score, on_trial)
             for node in ranked:
-                if node in record.get("fp32_matmuls", ()):
+                if node in record.fp32_matmuls:
                     continue  # already float with an earlier one (Q, K and V go together)
                 excluded.append(node)
                 score, record = trial.run(excluded)
-                kept = len(record.get("fp32_matmuls", excluded))
+                kept = len(record.fp32_matmuls)
                 on_trial(f"{kept} of {total} MatMuls kept float: min cosine {score:.5f}")
                 if score >= target:
                     break
         if score < target:
             raise AccuracyTargetError(
                 f"no recipe reaches min cosine {target} on the calibration sentences: the best, "
-                f"with {len(record.get('fp32_matmuls', excluded))} of {total} quantisable MatMuls "
+                f"with {len(record.fp32_matmuls)} of {total} quantisable MatMuls "
                 f"left in float, reached {score:.5f}. Lower --min-cosine or choose a float variant."
             )
         shutil.copyfile(trial.out, staging / MODEL_FILE)
@@ -119,7 +107,7 @@ class _Trial:
         scratch: Path,
         quantize: Quantize,
         sentences: list[str],
-        reference: npt.NDArray[Any],
+        reference: npt.NDArray[np.float32],
     ) -> None:
         self.fp32, self.quantize = fp32, quantize
         self.sentences, self.reference = sentences, reference
@@ -130,10 +118,11 @@ class _Trial:
         self.out = self.dir / MODEL_FILE
         self.count = 0
 
-    def run(self, excluded: Sequence[str]) -> tuple[float, dict[str, Any]]:
+    def run(self, excluded: Sequence[str]) -> tuple[float, QuantisationRecord]:
+        """Quantise with ``excluded`` kept float; return (min cosine to the reference, record)."""
+        from embedrt.runtime.embedder import Embedder
+
         self.count += 1
         record = self.quantize(self.fp32, self.out, tuple(excluded))
         vectors = Embedder.load(self.dir, verify=False).embed(self.sentences)
-        ref = self.reference / np.linalg.norm(self.reference, axis=1, keepdims=True)
-        ours = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-        return float((ref * ours).sum(axis=1).min()), record
+        return float(row_cosines(self.reference, vectors).min()), record

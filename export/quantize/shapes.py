@@ -19,10 +19,13 @@ is numerically identical; dead nodes are then removed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+from embedrt.export.quantize.graph import Tensor, evaluate_tensors
+
+if TYPE_CHECKING:
+    from onnx import GraphProto, ModelProto
 
 # Two probe shapes (batch, sequence) whose sizes and products differ, so a value that is the
 # same in both runs does not depend on batch or sequence length.
@@ -30,7 +33,7 @@ _PROBES = ((2, 7), (3, 11))
 _SHAPE_SOURCES = ("Shape", "Constant", "Size")
 
 
-def fold_shape_arithmetic(model: Any) -> int:
+def fold_shape_arithmetic(model: ModelProto) -> int:
     """Replace shape-derived tensors by constants in ``model`` (in place); returns how many.
 
     Returns 0 without changing anything when the graph's inputs are not all ``[batch, seq]``
@@ -67,7 +70,7 @@ def fold_shape_arithmetic(model: Any) -> int:
     wanted = frontier + sorted({reshape_data[x] for x in frontier if x in reshape_data})
     runs = evaluate_tensors(model, wanted, feeds)
 
-    constants: dict[str, np.ndarray] = {}
+    constants: dict[str, Tensor] = {}
     for name in frontier:
         values = [run[name] for run in runs]
         if values[0].shape == values[1].shape and np.array_equal(values[0], values[1]):
@@ -87,7 +90,7 @@ def fold_shape_arithmetic(model: Any) -> int:
     return len(constants)
 
 
-def _probe_feeds(graph: Any) -> list[dict[str, np.ndarray]] | None:
+def _probe_feeds(graph: GraphProto) -> list[dict[str, Tensor]] | None:
     from onnx import TensorProto
 
     dtypes = {TensorProto.INT64: np.int64, TensorProto.INT32: np.int32}
@@ -95,7 +98,7 @@ def _probe_feeds(graph: Any) -> list[dict[str, np.ndarray]] | None:
     inputs = [i for i in graph.input if i.name not in inits]
     feeds = []
     for batch, seq in _PROBES:
-        feed = {}
+        feed: dict[str, Tensor] = {}
         for value in inputs:
             tensor = value.type.tensor_type
             if tensor.elem_type not in dtypes or len(tensor.shape.dim) != 2:
@@ -106,7 +109,7 @@ def _probe_feeds(graph: Any) -> list[dict[str, np.ndarray]] | None:
     return feeds
 
 
-def _shape_derived(graph: Any, inits: set[str]) -> set[str]:
+def _shape_derived(graph: GraphProto, inits: set[str]) -> set[str]:
     """Tensors computed only from Shape/Size outputs, Constants and initialisers (no data)."""
     from onnx import AttributeProto
 
@@ -122,32 +125,7 @@ def _shape_derived(graph: Any, inits: set[str]) -> set[str]:
     return derived
 
 
-def evaluate_tensors(
-    model: Any, names: Sequence[str], feeds: Sequence[Mapping[str, np.ndarray]]
-) -> list[dict[str, np.ndarray]]:
-    """The values of the graph tensors ``names`` for each feed (one onnxruntime session).
-
-    onnxruntime keeps every requested tensor, so fusions cannot remove it.
-    """
-    import onnx
-    import onnxruntime as ort
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in existing:
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    graph_inputs = {i.name for i in session.get_inputs()}
-    return [
-        dict(zip(names, session.run(list(names), {k: v for k, v in feed.items() if k in graph_inputs}),
-                 strict=True))
-        for feed in feeds
-    ]
-
-
-def _reshape_target(values: list[np.ndarray], data_shapes: list[tuple[int, ...]]) -> np.ndarray | None:
+def _reshape_target(values: list[Tensor], data_shapes: list[tuple[int, ...]]) -> Tensor | None:
     """A constant Reshape target using 0 for dimensions copied from the input, or None."""
     if values[0].ndim != 1 or values[0].shape != values[1].shape:
         return None
@@ -162,7 +140,7 @@ def _reshape_target(values: list[np.ndarray], data_shapes: list[tuple[int, ...]]
     return np.array(target, dtype=values[0].dtype)
 
 
-def _remove_dead(graph: Any) -> None:
+def _remove_dead(graph: GraphProto) -> None:
     """Drop nodes whose outputs nothing reads, and initialisers nothing uses."""
     outputs = {o.name for o in graph.output}
     while True:

@@ -1,0 +1,227 @@
+"""Recipes: how each quantised variant is built, for which CPU. Data, written into the manifest.
+
+Importing this module is cheap (no numpy, onnx or onnxruntime): export's options validate
+the target ISA against :data:`ISAS` before any heavy work starts.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from embedrt.export.errors import UnknownISAError, UnknownVariantError
+from embedrt.export.variants import BUILD_QUANTISED
+from embedrt.export.variants import VARIANTS as ALL_VARIANTS
+from embedrt.runtime.errors import Param
+
+if TYPE_CHECKING:
+    from embedrt.runtime.manifest import JSONValue
+
+VARIANTS = tuple(
+    v.name for v in ALL_VARIANTS.values() if v.build == BUILD_QUANTISED
+)  # int8, int8-edge, int4-edge
+LAYOUT_FUSED = "fused-bert"
+LAYOUT_PER_TOKEN = "per-token"
+LAYOUTS = (LAYOUT_FUSED, LAYOUT_PER_TOKEN)
+MATMUL_INTEGER_TO_FLOAT = "MatMulIntegerToFloat"
+MATMUL_NBITS = "MatMulNBits"
+
+
+@dataclass(frozen=True)
+class TargetISA:
+    """A CPU a recipe targets.
+
+    Attributes:
+        name: the name used by ``--isa`` and in the manifest.
+        cpu_flags: the /proc/cpuinfo flags its kernels need (the runtime warns at load when
+            this CPU lacks one).
+        dot_product: int8 dot-product instructions (VNNI, arm64 sdot/udot): u8 x s8 kernels
+            do not saturate 16-bit sums there, so weights can be s8.
+    """
+
+    name: str
+    cpu_flags: tuple[str, ...]
+    dot_product: bool
+
+
+# In detection order: the first whose flags this CPU has is its ISA (arm64 by machine name).
+TARGET_ISAS: tuple[TargetISA, ...] = (
+    TargetISA("arm64", (), dot_product=True),
+    TargetISA("avx512_vnni", ("avx512f", "avx512bw", "avx512_vnni"), dot_product=True),
+    TargetISA("avx_vnni", ("avx2", "avx_vnni"), dot_product=True),
+    TargetISA("avx512", ("avx512f", "avx512bw"), dot_product=False),
+    TargetISA("avx2", ("avx2",), dot_product=False),
+)
+ISAS = ("avx512_vnni", "avx_vnni", "avx512", "avx2", "arm64")
+_BY_NAME = {isa.name: isa for isa in TARGET_ISAS}
+_FALLBACK_ISA = "avx2"  # an x86 CPU whose flags cannot be read: the oldest target
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a graph is quantised; ``to_dict()`` goes into the manifest (``quantisation.settings``).
+
+    ``matmul_op`` is ``"MatMulIntegerToFloat"`` (int8, any ISA) or ``"MatMulNBits"``.
+    ``weight_type`` "u8" stores int8 codes shifted by 128 so x86 CPUs without VNNI use the u8 x u8
+    kernel, which widens to 16 bits before multiplying and cannot saturate; ``weight_bits`` 7 is the
+    other known mitigation (reduce_range: s8 codes in [-63, 63]) and measured less accurate.
+    ``smoothing_alpha`` None disables SmoothQuant; it never applies to down-projection inputs
+    (K > N), where it measured worse. ``context_smoothing_alpha`` (``fused-bert`` only) is the
+    one for attention's context, folded into V. ``static_range_margin`` widens the calibrated
+    ranges of static scales. ``embedding_bits`` None keeps the word-embedding table fp32.
+    """
+
+    name: str
+    target_isa: str
+    layout: str  # one of LAYOUTS; MatMulNBits recipes: "per-token"
+    matmul_op: str
+    weight_bits: int
+    weight_granularity: str  # "per-channel" or "block-<n>" along K
+    weight_symmetric: bool
+    weight_type: str  # "s8" (u8 x s8 kernels) or "u8" (u8 x u8: no 16-bit saturation without VNNI)
+    activation_granularity: str  # "per-token" or "per-token-block-<n>"
+    accuracy_level: int | None
+    smoothing_alpha: float | None
+    embedding_bits: int | None
+    embedding_block_size: int
+    context_smoothing_alpha: float | None = None
+    static_range_margin: float | None = None
+    quantised_ops: tuple[str, ...] = ("MatMul",)
+    exclude_nodes: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, JSONValue]:
+        """Return a JSON-serialisable description of the recipe."""
+        data: dict[str, JSONValue] = asdict(self)
+        data["quantised_ops"] = list(self.quantised_ops)
+        data["exclude_nodes"] = list(self.exclude_nodes)
+        return data
+
+
+def cpu_features() -> dict[str, bool]:
+    """Which :data:`TARGET_ISAS` this CPU can run, by name (flags read by ``embedrt.runtime.cpus``).
+
+    Never raises: flags that cannot be read count as absent.
+    """
+    from embedrt.runtime.cpus import cpu_flags  # the same reading the runtime checks at load
+
+    flags = cpu_flags()
+    features = {isa.name: bool(isa.cpu_flags) and set(isa.cpu_flags) <= flags for isa in TARGET_ISAS}
+    features["arm64"] = _is_arm()
+    return features
+
+
+def detect_isa() -> str:
+    """This CPU's target: the first of :data:`TARGET_ISAS` it supports (``avx2`` when none)."""
+    features = cpu_features()
+    return next((isa.name for isa in TARGET_ISAS if features[isa.name]), _FALLBACK_ISA)
+
+
+def required_cpu_flags(isa: str) -> tuple[str, ...]:
+    """The CPU flags a recipe for ``isa`` needs.
+
+    Raises:
+        UnknownISAError: ``isa`` is not in :data:`ISAS`.
+    """
+    return _target(isa).cpu_flags
+
+
+def check_isa(isa: str | None) -> None:
+    """Accept None (detect) or a name in :data:`ISAS`.
+
+    Raises:
+        UnknownISAError: anything else; the message lists the known targets.
+    """
+    if isa is not None:
+        _target(isa)
+
+
+def recipe_for(variant: str, isa: str | None = None, layout: str = LAYOUT_FUSED) -> Recipe:
+    """Return the recipe for ``variant`` (one of :data:`VARIANTS`) on ``isa`` (None: this CPU).
+
+    ``layout`` picks the int8 graph layout (:data:`LAYOUTS`); ``int4-edge`` ignores it.
+
+    Raises:
+        UnknownVariantError: ``variant`` or ``layout`` is unknown.
+        UnknownISAError: ``isa`` is not None and not in :data:`ISAS`.
+    """
+    if layout not in LAYOUTS:
+        raise UnknownVariantError(
+            f"{{layout}} {layout!r} is not known; choose one of: {', '.join(LAYOUTS)}",
+            params=[Param("layout")],
+        )
+    if variant not in VARIANTS:
+        raise UnknownVariantError(
+            f"{{variant}} {variant!r} is not a quantised variant; choose one of: {', '.join(VARIANTS)}",
+            params=[Param("variant")],
+        )
+    target = _target(isa if isa is not None else detect_isa())
+    if variant == "int4-edge":
+        return Recipe(
+            name=variant,
+            target_isa=target.name,
+            layout=LAYOUT_PER_TOKEN,
+            matmul_op=MATMUL_NBITS,
+            weight_bits=4,
+            weight_granularity="block-32",
+            weight_symmetric=False,
+            weight_type="u8",
+            activation_granularity="per-token-block-32",
+            accuracy_level=4,
+            smoothing_alpha=None,
+            embedding_bits=4,
+            embedding_block_size=32,
+            quantised_ops=("MatMul", "Gather"),
+        )
+    edge = variant == "int8-edge"
+    recipe = Recipe(
+        name=variant,
+        target_isa=target.name,
+        layout=LAYOUT_FUSED,
+        matmul_op=MATMUL_INTEGER_TO_FLOAT,
+        weight_bits=8,
+        weight_granularity="per-channel",
+        weight_symmetric=True,
+        weight_type="s8" if target.dot_product else "u8",
+        activation_granularity="static per-tensor; per-token for the FFN-down input",
+        accuracy_level=None,
+        # Chosen on the calibration and validation sentences (not STS-B): bench/int8_recipes.py.
+        smoothing_alpha=0.75,
+        context_smoothing_alpha=0.3,
+        static_range_margin=1.25,
+        embedding_bits=4 if edge else 8,
+        embedding_block_size=32 if edge else 128,
+        quantised_ops=("MatMul", "Gather"),
+    )
+    return recipe if layout == LAYOUT_FUSED else as_per_token(recipe)
+
+
+def as_per_token(recipe: Recipe) -> Recipe:
+    """``recipe`` in the ``per-token`` layout (any graph; the fallback of ``fused-bert``).
+
+    A caller's "no smoothing" (``smoothing_alpha`` None) stays.
+    """
+    return replace(
+        recipe,
+        layout=LAYOUT_PER_TOKEN,
+        activation_granularity="per-token",
+        smoothing_alpha=None if recipe.smoothing_alpha is None else 0.7,
+        context_smoothing_alpha=None,
+        static_range_margin=None,
+    )
+
+
+def _target(isa: str) -> TargetISA:
+    try:
+        return _BY_NAME[isa]
+    except KeyError:
+        raise UnknownISAError(
+            f"{{isa}} {isa!r} is not a known target; choose one of: {', '.join(ISAS)} "
+            "(or leave it unset to detect this machine's)",
+            params=[Param("isa")],
+        ) from None
+
+
+def _is_arm() -> bool:
+    machine = platform.machine().lower()
+    return machine in ("arm64", "aarch64") or machine.startswith("arm")
