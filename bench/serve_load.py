@@ -8,6 +8,11 @@
    loop), then a lower concurrency, then mixed-length lists.
 3. A 10,000-request soak of varied lengths, with the server's RSS at its start and end.
 
+With ``--open-loop`` it measures instead the server's capacity and then Poisson arrivals at
+50 % and 80 % of it (see :mod:`.serve_open_loop`), writing serve_open_loop.json and .md:
+
+    python -m embedrt.bench.serve_load --open-loop --model DIR --threads 2 --out bench/results/serve
+
 The client is raw asyncio HTTP/1.1 (no JSON parsing of responses) so that, on a small
 machine, the load generator takes as little CPU from the server as it can.
 Writes serve_load.json and serve_load.md to --out.
@@ -108,7 +113,8 @@ def _request_bytes(path: str, payload: dict[str, Any]) -> bytes:
     return head + body
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+    """Send one request on a keep-alive connection and read the whole answer; its HTTP status."""
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
@@ -136,7 +142,7 @@ async def run_phase(port: int, clients: int, make: Any, seconds: float | None = 
             issued += 1
             request, texts = make(rng)
             started = time.perf_counter()
-            status = await _exchange(reader, writer, request)
+            status = await exchange(reader, writer, request)
             if status == 200:
                 result.latencies.append(time.perf_counter() - started)
                 result.requests += 1
@@ -303,11 +309,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--soak-requests", type=int, default=10_000)
     parser.add_argument("--server-arg", action="append", default=[], help="Passed to embedrt serve.")
+    parser.add_argument("--open-loop", action="store_true",
+                        help="Capacity, then Poisson arrivals at --load fractions of it.")
+    parser.add_argument("--load", type=float, action="append", default=None,
+                        help="Open loop: offered fraction of capacity (repeatable; default 0.5, 0.8).")
+    parser.add_argument("--open-duration", type=float, default=60.0, help="Open loop: seconds per load.")
+    parser.add_argument("--capacity-duration", type=float, default=15.0,
+                        help="Open loop: seconds of the closed-loop capacity measurement.")
+    parser.add_argument("--offline-texts", type=int, default=512,
+                        help="Short sentences for the offline figures.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="serve_load: %(message)s")
     load_start = os.getloadavg()[0]
-    offline = offline_figures(args.model, args.threads, short_sentences(512, seed=1))
+    offline = offline_figures(args.model, args.threads, short_sentences(args.offline_texts, seed=1))
     logger.info("offline: %s", offline)
+    if args.open_loop:
+        open_loop_main(args, offline, argv)
+        return
     process, port = start_server(args.model, args.threads, args.server_arg)
     try:
         phases = load_phases(port, process.pid, args)
@@ -323,6 +341,52 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "serve_load.json").write_text(json.dumps(results, indent=2))
     (args.out / "serve_load.md").write_text(markdown(results))
     sys.stdout.write(markdown(results))
+
+
+def open_loop_phases(port: int, args: argparse.Namespace, batch1_p50_ms: float) -> dict[str, Any]:
+    """Capacity (closed loop, single short sentences), then one open-loop phase per load."""
+    from .serve_open_loop import LOADS, poisson_schedule, run_open_loop
+
+    singles = [_request_bytes("/v1/embeddings", {"input": t}) for t in short_sentences(500, seed=1)]
+
+    def single(rng: random.Random) -> tuple[bytes, int]:
+        return rng.choice(singles), 1
+
+    asyncio.run(run_phase(port, args.concurrency, single, seconds=min(3.0, args.capacity_duration)))
+    closed = asyncio.run(run_phase(port, args.concurrency, single, seconds=args.capacity_duration))
+    capacity = closed.summary()
+    capacity["clients"] = args.concurrency
+    logger.info("capacity: %.0f requests/s", capacity["requests_per_s"])
+    phases: dict[str, Any] = {}
+    for index, load in enumerate(args.load or LOADS):
+        rate = load * capacity["requests_per_s"]
+        schedule = poisson_schedule(rate, args.open_duration, seed=index)
+        logger.info("open loop at %.0f %% of capacity: %d requests over %.0f s", 100 * load, len(schedule),
+                    args.open_duration)
+        result = asyncio.run(run_open_loop(port, singles, schedule, args.open_duration))
+        phases[f"load_{round(100 * load)}"] = {"load": load, **result.summary(batch1_p50_ms)}
+    return {"capacity": capacity, "phases": phases}
+
+
+def open_loop_main(args: argparse.Namespace, offline: dict[str, float], argv: list[str] | None) -> None:
+    """The ``--open-loop`` run: server, capacity, loads; writes serve_open_loop.json and .md."""
+    from .serve_open_loop import markdown as open_loop_markdown
+    from .serve_open_loop import verdicts as open_loop_verdicts
+
+    process, port = start_server(args.model, args.threads, args.server_arg)
+    try:
+        measured = open_loop_phases(port, args, offline["batch1_p50_ms"])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    results = {"model": str(args.model), "command": " ".join(["python -m embedrt.bench.serve_load",
+               *(argv if argv is not None else sys.argv[1:])]), "cpu": _cpu_name(),
+               "python": platform.python_version(), "offline": offline, **measured,
+               "verdicts": open_loop_verdicts(measured["phases"]), "loadavg_end": os.getloadavg()[0]}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve_open_loop.json").write_text(json.dumps(results, indent=2))
+    (args.out / "serve_open_loop.md").write_text(open_loop_markdown(results))
+    sys.stdout.write(open_loop_markdown(results))
 
 
 def _cpu_name() -> str:
