@@ -1,1 +1,1 @@
-"""Known models, as data: ``catalogue.json``. Exported artefacts land beside it (git-ignored)."""
+"""Known models, as data: ``catalogue.json`` (weights package, dimension, length limit)."""
