@@ -73,7 +73,7 @@ class _Graph:
         self.unfused = unfused_matmuls
 
     def only(self, block: str, tensor: str, op: str) -> NodeProto:
-        found = [n for n in self.readers[tensor] if n.op_type == op]
+        found: list[NodeProto] = [n for n in self.readers[tensor] if n.op_type == op]
         if len(found) != 1:
             raise PatternMismatchError(f"{block}: expected one {op} reading {tensor}, found {len(found)}")
         return found[0]

@@ -281,7 +281,8 @@ def _static_matmul(
 ) -> NodeProto:
     codes, scales, zps = int8_weights(w, settings.weight_bits, settings.weight_type)
     inputs: list[str | Const] = [q, (p + "w", codes), a_scale, (p + "ws", scales), a_zp, (p + "wzp", zps)]
-    return matmul_integer_to_float(g, inputs, out, p + "int8", bias)
+    node: NodeProto = matmul_integer_to_float(g, inputs, out, p + "int8", bias)
+    return node
 
 
 def _qattention(
