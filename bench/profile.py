@@ -151,16 +151,21 @@ def run_profile(options: ProfileOptions) -> dict[str, Any]:
         MissingExtraError: onnx is not installed.
         GraphArithmeticError: a graph's arithmetic cannot be counted.
         StsFileError: the STS file is malformed.
-        ValueError: ``repeats`` or ``batch1_texts`` is not positive, or no artefact was given.
+        ArtefactNotFoundError: no artefact was given.
+        ValueError: ``repeats`` or ``batch1_texts`` is not positive.
     """
     from embedrt.runtime import Embedder, Manifest
     from embedrt.runtime.cpus import usable_cpus
+    from embedrt.runtime.errors import ArtefactNotFoundError
 
     from .context import run_context
     from .workloads import build_workload
 
     if not options.artefacts:
-        raise ValueError("profile: no artefact given; pass --model DIR (repeatable)")
+        raise ArtefactNotFoundError(
+            "no embedrt artefact found: pass --models DIR (a folder of artefact directories) "
+            "or --model DIR; export one with 'embedrt export'"
+        )
     if min(options.repeats, options.batch1_texts) < 1:
         raise ValueError(f"profile: repeats ({options.repeats}) and batch-1 texts "
                          f"({options.batch1_texts}) must be at least 1")

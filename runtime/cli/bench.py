@@ -68,7 +68,9 @@ def command(
         typer.Option("--model", "-m", help="An artefact directory (repeatable); replaces --models."),
     ] = None,
     sts: Annotated[
-        Path | None, typer.Option(help="STS-B style TSV (sentence1, sentence2, score); else generated texts.")
+        Path | None,
+        typer.Option(help="STS-B style TSV (sentence1, sentence2, score). Default: the STS-B dev set "
+                     "shipped with embedrt.bench."),
     ] = None,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Where results.json, results.md and the chart go.")
@@ -80,30 +82,43 @@ def command(
     quick: Annotated[bool, typer.Option(help="Fewer texts, repeats and batch sizes (< 2 min).")] = False,
     skip: Annotated[
         list[str] | None,
-        typer.Option(help="Leave out a system by kind (sentence-transformers, fastembed, embedrt) or name."),
+        typer.Option(help="Leave out a system by kind (sentence-transformers, fastembed, embedrt, openvino, "
+                     "openvino-nncf, sentence-transformers-onnx) or name (e.g. openvino-bf16)."),
     ] = None,
+    profile: Annotated[
+        bool,
+        typer.Option(help="Instead of comparing systems: onnxruntime's per-operator profile of each "
+                     "artefact and a roofline against GEMM peaks measured here (profile.json, profile.md)."),
+    ] = False,
 ) -> None:
     """Benchmark embedrt artefacts against sentence-transformers (torch) and fastembed.
 
     Speed (batch-1 latency, throughput at several batch sizes, cold start, memory, size) and
     quality (cosine to torch, STS Spearman, batch invariance), by text length, in one run.
 
+    Peers (OpenVINO, OpenVINO + NNCF int8, sentence-transformers' ONNX int8) run when their
+    packages are installed and are listed as skipped otherwise.
+
     Example: embedrt bench --quick --out bench-results
     """
     from embedrt.bench.chart import require_matplotlib, write_chart
     from embedrt.bench.report import add_ratios, write_json, write_markdown
     from embedrt.bench.run import BenchOptions, discover_artefacts, run_bench
+    from embedrt.bench.workloads import default_sts
 
     from ..cpus import usable_cpus
 
-    require_matplotlib()  # fail before minutes of measuring, not after
     started = time.perf_counter()
     if models is None:
         models = models_dir() / default_model_name()
+    artefacts = tuple(discover_artefacts(models if models.is_dir() else None, model or []))
+    if profile:
+        _profile(artefacts, out, threads or usable_cpus(), sts or default_sts(), quick)
+        return
+    require_matplotlib()  # fail before minutes of measuring, not after
     options = BenchOptions(
-        artefacts=tuple(discover_artefacts(models if models.is_dir() else None, model or [])),
-        threads=threads or usable_cpus(), sts=sts, quick=quick, skip=tuple(skip or ()),
-        argv=tuple(sys.argv),
+        artefacts=artefacts, threads=threads or usable_cpus(), sts=sts or default_sts(), quick=quick,
+        skip=tuple(skip or ()), argv=tuple(sys.argv),
     )
     with _Bar() as bar:
         results = add_ratios(run_bench(options, bar))
@@ -116,3 +131,16 @@ def command(
             typer.echo(f"skipped {status['name']}: {status['reason']}", err=True)
     typer.echo(f"bench finished in {results['context']['wall_seconds']:.0f} s: "
                + ", ".join(str(p) for p in paths))
+
+
+def _profile(artefacts: tuple[Path, ...], out: Path, threads: int, sts: Path | None, quick: bool) -> None:
+    """``embedrt bench --profile``: see :mod:`embedrt.bench.profile`."""
+    from embedrt.bench.profile import ProfileOptions, run_profile
+    from embedrt.bench.profile_report import write_reports
+
+    options = ProfileOptions(artefacts=artefacts, threads=threads, sts=sts, argv=tuple(sys.argv))
+    if quick:
+        options = ProfileOptions(artefacts=artefacts, threads=threads, sts=sts, repeats=1, batch1_texts=4,
+                                 peak_calls=3, argv=tuple(sys.argv))
+    paths = write_reports(run_profile(options), out)
+    typer.echo("profile written: " + ", ".join(str(p) for p in paths))
