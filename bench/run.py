@@ -68,8 +68,9 @@ class BenchOptions:
         threads: thread budget given to every system.
         sts: STS-B style TSV, or None to generate texts.
         quick: the short preset (CI, development) instead of the full one.
-        skip: kinds (``embedrt``, ``sentence-transformers``, ``fastembed``) or system names
-            to leave out; the report lists them as skipped.
+        skip: kinds (``embedrt``, ``sentence-transformers``, ``fastembed``, ``openvino``,
+            ``openvino-nncf``, ``sentence-transformers-onnx``) or system names to leave out; the
+            report lists them as skipped.
     """
 
     artefacts: tuple[Path, ...]
