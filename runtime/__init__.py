@@ -7,7 +7,8 @@
 
 The modules: ``embedder`` (the one public class), ``manifest`` (the artefact contract),
 ``pooling`` (pooling, normalisation, cosine), ``cpus`` (usable CPUs and their features),
-``home`` (where exported models live by default), ``errors`` (one root error).
+``home`` (where exported models live by default), ``precision`` (float16/int8/binary
+codes of embeddings), ``errors`` (one root error).
 Built on it, in subpackages: ``serve`` (the HTTP server) and ``cli`` (the ``embedrt``
 command, the one place that also reaches export and the benchmark); ``corpus`` (embedding
 a corpus in batch jobs).
@@ -27,19 +28,35 @@ from .errors import (
 )
 from .manifest import Manifest
 from .pooling import cosine_similarity
+from .precision import (
+    PRECISIONS,
+    CalibrationError,
+    Int8Calibration,
+    PrecisionError,
+    calibrate_int8,
+    dequantize_embeddings,
+    quantize_embeddings,
+)
 
 __all__ = [
+    "PRECISIONS",
     "ArtefactError",
     "ArtefactNotFoundError",
+    "CalibrationError",
     "ConfigurationError",
     "Embedder",
     "Embeddings",
     "EmbedrtError",
     "InputTooLongError",
+    "Int8Calibration",
     "Manifest",
     "MissingExtraError",
     "Param",
     "ParityError",
+    "PrecisionError",
     "SourceModelError",
+    "calibrate_int8",
     "cosine_similarity",
+    "dequantize_embeddings",
+    "quantize_embeddings",
 ]

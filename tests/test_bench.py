@@ -82,8 +82,9 @@ def test_report_has_the_stable_keys(report: tuple[dict[str, Any], Path]) -> None
 
 def test_every_measured_system_has_every_figure(report: tuple[dict[str, Any], Path]) -> None:
     results, _ = report
-    measured = {"torch", "embedrt-tiny-bert"}
-    assert set(results["throughput"]) == measured
+    # Peers installed here (OpenVINO, sentence-transformers' ONNX backend, ...) are measured too.
+    measured = {s["name"] for s in results["systems"] if s["status"] == "ok"}
+    assert {"torch", "embedrt-tiny-bert"} <= measured and set(results["throughput"]) == measured
     for name in measured:
         for bucket in BUCKETS:
             assert set(results["latency"][name][bucket]) >= {"p50_ms", "p95_ms", "p99_ms"}
