@@ -292,3 +292,20 @@ def test_cli_runs_the_ray_engine_and_maps_its_errors(ray_address, tiny_bert, tin
         "embedrt: error: 3 actors x 1 CPUs need 3 CPUs; the Ray cluster has 2, so the actors could never all "
         "start. Pass --actors 2 or fewer, or lower --cpus-per-actor"
     )
+
+
+def test_the_ray_benchmark_runs_and_reports(tiny_bert, tmp_path) -> None:
+    from embedrt.bench import corpus_ray
+
+    corpus_ray.main(["--out", str(tmp_path), "--model", str(tiny_bert), "--rows", "120", "--long-rows", "12",
+                     "--rows-per-shard", "40", "--threads", "2", "--layouts", "2x1", "--repeats", "1"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["summary"]) == {"short", "long"}
+    for corpus, rows in (("short", 120), ("long", 12)):
+        summary = results["summary"][corpus]
+        assert set(summary) == {"local", "ray 2x1"}
+        assert summary["local"]["ratio_to_local"] == [1.0]
+        texts = [run[system]["texts"] for run in results["runs"][corpus] for system in ("local", "ray 2x1")]
+        assert texts == [rows, rows]
+    table = (tmp_path / "results.md").read_text()
+    assert "| ray 2x1 | " in table and "## long (12 texts)" in table

@@ -29,8 +29,10 @@ embedrt imports this module but :func:`~.job.embed_corpus` when ``engine="ray"``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
+import os
 import pickle
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -56,8 +58,10 @@ class RayOptions:
 
     Attributes:
         address: the cluster to join (``auto``: the one ``ray start`` runs on this host;
-            ``ray://host:10001`` a remote one); None starts a private local instance with this
-            process's usable CPUs, stopped at the end.
+            ``HOST:6379`` or ``ray://HOST:10001`` another); None: the ``RAY_ADDRESS``
+            environment variable's cluster if it is set (as in a ``ray job submit`` job), else a
+            private local instance with this process's usable CPUs, stopped at the end (a
+            cluster started with ``ray start`` is joined only when asked, with ``auto``).
         actors: embedding actors; None: as many as the cluster's CPUs allow at
             ``cpus_per_actor`` each (at most one per pending unit).
         cpus_per_actor: CPUs Ray reserves per actor, and its onnxruntime threads.
@@ -93,8 +97,9 @@ class RayOptions:
 def run(job: Job) -> None:
     """Embed ``job``'s pending units on Ray actors, recording each finished unit.
 
-    Joins the cluster at ``engine_options["address"]``, or starts a local instance (stopped
-    at the end). When Ray is already initialised in this process, that instance is used.
+    Joins the cluster at ``engine_options["address"]`` (or ``RAY_ADDRESS``), or starts a
+    private local instance (stopped at the end); see :class:`RayOptions`. When Ray is already
+    initialised in this process, that instance is used.
 
     Raises:
         MissingExtraError: Ray is not installed (the [ray] extra).
@@ -104,6 +109,8 @@ def run(job: Job) -> None:
         Any embedrt error an actor met (a missing artefact or output directory on a node).
     """
     options = RayOptions.from_mapping(job.options.engine_options)
+    if options.address is None and os.environ.get("RAY_ADDRESS"):
+        options = dataclasses.replace(options, address=os.environ["RAY_ADDRESS"])
     ray = _import_ray()
     if not job.pending:
         return
@@ -207,9 +214,10 @@ def _session(ray: ModuleType, address: str | None) -> Iterator[None]:
         return
     arguments: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
     if address is None:
-        # A private instance sized by this process's CPUs (its affinity and quota), not the
-        # host's core count: Ray's default would oversubscribe a CPU-limited container.
-        arguments["num_cpus"] = usable_cpus()
+        # "local": a private instance even where `ray start` left a cluster Ray would join by
+        # itself; sized by this process's CPUs (its affinity and quota), not the host's core
+        # count, which would oversubscribe a CPU-limited container.
+        arguments.update(address="local", num_cpus=usable_cpus())
     else:
         arguments["address"] = address
     try:
