@@ -224,9 +224,11 @@ def _session(ray: ModuleType, address: str | None) -> Iterator[None]:
         ray.init(**arguments)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise CorpusError(
-            f"cannot connect to the Ray cluster at {address} ({err}); start one with `ray start "
-            "--head` on this host (then {address} auto), or leave {address} unset for a local instance",
-            params=(Param("address"),),
+            f"cannot connect to the Ray cluster at {address} ({err}). Start one with `ray start "
+            "--head` (then {address} auto on that host), or leave {address} unset for a private "
+            "local instance. If the cluster uses token authentication (Ray enables it where "
+            "~/.ray/auth_token exists), set RAY_AUTH_MODE=token here, with the cluster's token in "
+            "~/.ray/auth_token", params=(Param("address"),),
         ) from err
     try:
         yield
