@@ -103,7 +103,8 @@ def run(job: Job) -> None:
 
     Raises:
         MissingExtraError: Ray is not installed (the [ray] extra).
-        CorpusError: an invalid engine option, or more CPUs asked than the cluster has.
+        CorpusError: an invalid engine option, more CPUs asked than the cluster has, no
+            connection to the cluster, or the Ray job failed in Ray itself.
         BadRowError: a bad row with ``on_bad_row="fail"`` (every unit finished before it is
             recorded, so a rerun continues from there).
         Any embedrt error an actor met (a missing artefact or output directory on a node).
@@ -128,7 +129,20 @@ def run(job: Job) -> None:
             compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
             num_cpus=options.cpus_per_actor,
         )
-        _collect(job, dataset)
+        try:
+            _collect(job, dataset)
+        except ray.exceptions.RayError as err:  # Ray's own failure (a node lost for good, say)
+            raise CorpusError(
+                f"the Ray job failed ({_last_line(err)}); the shards finished before it are "
+                "recorded, so running the same command again resumes from them"
+            ) from err
+
+
+def _last_line(err: BaseException) -> str:
+    """The last line of a Ray error's text (its first lines are a remote traceback)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(err).__name__
+    return last if len(last) <= 300 else last[:297] + "..."
 
 
 def _collect(job: Job, dataset: Any) -> None:  # a ray.data.Dataset: Ray is optional
