@@ -1,0 +1,110 @@
+"""The base install's footprint: embedrt's base dependencies, and everything they pull in.
+
+Measured from the installed distributions' RECORD files (every file pip installed, bytecode
+included, console scripts too), over the closure of embedrt's base requirements (markers
+evaluated here, with the extras a requirement names). pip, setuptools and wheel are not
+counted (a venv brings them, not embedrt); nor is embedrt itself (an editable install is a
+path file). Run in any environment: the closure is the base one even where the [export] or
+[dev] extras are installed beside it. ``python tests/test_install_size.py`` prints the table.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import sys
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+# The budget for the base closure, in MB (10**6 bytes), pip and setuptools excluded (issue 14).
+# Measured 2026-12 (tests/arm64, .ci/arm64): unpinned base = 251.7 MB on x86_64 and 229.x MB
+# on aarch64 (numpy 2.4, onnxruntime 1.32, tokenizers 0.23 + huggingface_hub 2.4, typer 0.29).
+# The lead sets the number (issue 14 asks for >= 20 % below the unpinned figure).
+BASE_BUDGET_MB = 200.0
+NOT_COUNTED = frozenset({"pip", "setuptools", "wheel", "embedrt"})
+
+
+def _closure(requirements: list[str]) -> dict[str, metadata.Distribution]:
+    """Installed distributions reachable from ``requirements``, by canonical name.
+
+    Raises:
+        metadata.PackageNotFoundError: a reachable requirement is not installed.
+    """
+    found: dict[str, metadata.Distribution] = {}
+    todo = [(Requirement(text), "") for text in requirements]
+    done: set[tuple[str, str]] = set()
+    while todo:
+        requirement, extra = todo.pop()
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": extra}):
+            continue
+        name = canonicalize_name(requirement.name)
+        wanted = [""] + sorted(requirement.extras)
+        if all((name, e) in done for e in wanted):
+            continue
+        dist = found.get(name) or metadata.distribution(requirement.name)
+        found[name] = dist
+        for e in wanted:
+            if (name, e) in done:
+                continue
+            done.add((name, e))
+            todo.extend((Requirement(text), e) for text in dist.requires or [])
+    return found
+
+
+def _installed_bytes(dist: metadata.Distribution) -> int:
+    """Bytes on disk of the files a distribution's RECORD lists (missing files count 0)."""
+    total = 0
+    for file in dist.files or []:
+        path = Path(str(dist.locate_file(file)))
+        if path.is_file():
+            total += path.stat().st_size
+    return total
+
+
+def sizes(requirements: list[str]) -> dict[str, tuple[str, int]]:
+    """``{name: (version, bytes)}`` for the closure of ``requirements``, largest first."""
+    closure = _closure(requirements)
+    counted = {name: dist for name, dist in closure.items() if name not in NOT_COUNTED}
+    table = {name: (dist.version, _installed_bytes(dist)) for name, dist in counted.items()}
+    return dict(sorted(table.items(), key=lambda item: -item[1][1]))
+
+
+def base_requirements() -> list[str]:
+    """embedrt's requirements as installed; :func:`sizes` drops the extras' (their marker)."""
+    return metadata.requires("embedrt") or []
+
+
+def _report(table: dict[str, tuple[str, int]]) -> str:
+    lines = [f"{name:<22} {version:<12} {size / 1e6:8.2f} MB" for name, (version, size) in table.items()]
+    lines.append(f"{'total':<35} {sum(size for _, size in table.values()) / 1e6:8.2f} MB")
+    return "\n".join(lines)
+
+
+def test_base_install_within_budget() -> None:
+    import pytest  # here, so the file also runs as a script where pytest is absent
+
+    try:
+        requirements = base_requirements()
+        table = sizes(requirements)
+    except metadata.PackageNotFoundError as err:
+        pytest.skip(f"embedrt or one of its base dependencies is not installed here ({err}): "
+                    "pip install -e . first")
+    total_mb = sum(size for _, size in table.values()) / 1e6
+    assert total_mb <= BASE_BUDGET_MB, (
+        f"the base install is {total_mb:.1f} MB, over the {BASE_BUDGET_MB} MB budget "
+        f"(BASE_BUDGET_MB in {Path(__file__).name}); pin or drop the largest dependencies:\n"
+        + _report(table)
+    )
+
+
+def test_closure_follows_extras_and_markers() -> None:
+    # packaging is in every environment that can run this file (pytest needs it).
+    table = sizes(["packaging", "pytest; python_version < '3'"])
+    assert list(table) == ["packaging"]
+    assert table["packaging"][1] > 10_000
+
+
+if __name__ == "__main__":
+    requirements = sys.argv[1:] or base_requirements()
+    sys.stdout.write(_report(sizes(requirements)) + "\n")
