@@ -269,9 +269,11 @@ def _quiet_data(ray: ModuleType) -> Iterator[None]:
     (an actor that cannot be scheduled, say) still show.
     """
     context = ray.data.DataContext.get_current()
-    saved = {name: getattr(context, name) for name in ("enable_progress_bars", "print_on_execution_start")}
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
+    # print_on_execution_start is not in every Ray 2.x: set what this version has.
+    saved = {name: getattr(context, name) for name in ("enable_progress_bars", "print_on_execution_start")
+             if hasattr(context, name)}
+    for name in saved:
+        setattr(context, name, False)
     chatter = _DropChatter()
     for name in _CHATTY_LOGGERS:
         logging.getLogger(name).addFilter(chatter)
