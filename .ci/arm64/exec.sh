@@ -9,6 +9,9 @@
 # (sys.executable, bash); without a binfmt_misc registration (privileged) only proot's -q turns
 # each execve of an arm64 binary into a qemu call.
 #
+# faccessat2: proot 5.1 does not translate it; no_faccessat2.py makes it fail with ENOSYS so
+# glibc falls back to faccessat (else os.access() looks paths up on the host).
+#
 # /proc/cpuinfo: under qemu 7.2 user mode the guest reads the host's x86 /proc/cpuinfo, and
 # `import onnxruntime` (its cpuinfo library) then segfaults. proot binds an ARM cpuinfo from
 # cpuinfo/ over it (no mount namespace needed); QEMU_CPU makes the emulated CPU (and so the
@@ -42,4 +45,9 @@ while IFS= read -r name; do
     env_keep+=("$name=${!name}")
 done < <(compgen -e | grep -E '^(EMBEDRT_|HF_|PYTEST_|OMP_)' | grep -v '^EMBEDRT_ARM64_' || true)
 
-exec env -i "${env_keep[@]}" proot -q qemu-aarch64-static -r "$rootfs" -w "${EMBEDRT_ARM64_WORKDIR:-/}" "${binds[@]}" "$@"
+# The command runs under the guest's sh, which reports its exit status: proot 5.1 exits 0 when
+# its first process dies of a signal (seen: pytest aborted under emulation, proot said 0).
+guard='"$@"; status=$?; [ $status -gt 128 ] && echo "arm64: $1 died of signal $((status - 128))" >&2; exit $status'
+exec env -i "${env_keep[@]}" python3 "$HERE/no_faccessat2.py" \
+    proot -q qemu-aarch64-static -r "$rootfs" -w "${EMBEDRT_ARM64_WORKDIR:-/}" "${binds[@]}" \
+    /bin/sh -c "$guard" arm64 "$@"
