@@ -12,25 +12,27 @@ BANK_B = I sat by the river bank.
 
 .PHONY: demo test test-full test-base lint setup setup-base clean
 
-## demo: export all-MiniLM-L6-v2 to ONNX (fp32, and int8 for CPU serving), then compare
-## the seed sentences with the torch reference.
+## demo: export all-MiniLM-L6-v2 to ONNX (fp32, and int8 for CPU serving) into embedrt's
+## per-user home ($EMBEDRT_HOME, else ~/.local/share/embedrt), then compare the seed sentences
+## with the torch reference. Afterwards `embedrt embed "text"` works from any directory.
+FP32_DIR = $(shell $(VENV)/bin/python -c "from embedrt.runtime.home import artefact_dir; print(artefact_dir('all-MiniLM-L6-v2', 'fp32'))" 2>/dev/null)
+
 demo: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/embedrt export --variant fp32
 	HF_HUB_OFFLINE=1 $(VENV)/bin/embedrt export --variant int8
 	HF_HUB_OFFLINE=1 $(VENV)/bin/embedrt similarity "$(BANK_A)" "$(BANK_B)" \
-		--model models/all-MiniLM-L6-v2/fp32 --reference
-	HF_HUB_OFFLINE=1 $(VENV)/bin/embedrt similarity "$(BANK_A)" "$(BANK_B)" \
-		--model models/all-MiniLM-L6-v2/int8
+		--model "$(FP32_DIR)" --reference
+	HF_HUB_OFFLINE=1 $(VENV)/bin/embedrt similarity "$(BANK_A)" "$(BANK_B)"
 
-## test: lint, then every test with the [export] extra, then the runtime's tests again in
-## an environment with only the base dependencies (no torch, transformers, optimum, onnx).
+## test: lint, then every test with every extra, then the runtime's tests again in an
+## environment with only the base dependencies (no torch, transformers, optimum, onnx).
 test: lint test-full test-base
 
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[export,bench,serve,dev]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[export,bench,serve,corpus,ray,peers,dev]'
 	touch $@
 
 setup-base: $(BASE_VENV)/.installed
