@@ -53,7 +53,8 @@ test-full: setup
 test-base: setup-base
 	@! $(BASE_VENV)/bin/python -c "import torch" 2>/dev/null || (echo "torch leaked into the base env" && exit 1)
 	EMBEDRT_TEST_ARTEFACTS=$(ARTEFACTS) $(BASE_VENV)/bin/pytest tests/test_runtime.py \
-		tests/test_artefact_errors.py tests/test_cli.py tests/test_boundary.py
+		tests/test_artefact_errors.py tests/test_cli.py tests/test_cli_errors.py tests/test_cli_unix.py \
+		tests/test_home.py tests/test_boundary.py tests/test_precision.py
 
 clean:
 	rm -rf $(VENV) $(BASE_VENV) build
