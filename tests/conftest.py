@@ -101,13 +101,13 @@ def tiny_distilbert(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bert_int8(request: pytest.FixtureRequest) -> Path:
-    """The tiny BERT as int8 (fused-bert layout), parity checked."""
+    """The tiny BERT as int8 (blocks layout), parity checked."""
     return _exported(request, "tiny-bert-int8", "bert", "int8")
 
 
 @pytest.fixture(scope="session")
 def tiny_distilbert_int8(request: pytest.FixtureRequest) -> Path:
-    """The tiny DistilBERT as int8 (fused-bert layout), parity checked."""
+    """The tiny DistilBERT as int8 (blocks layout), parity checked."""
     return _exported(request, "tiny-distilbert-int8", "distilbert", "int8")
 
 

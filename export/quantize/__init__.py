@@ -3,10 +3,12 @@
 Modules, in the order a graph goes through them:
 
 * :mod:`.recipe`: the recipe of each variant and target CPU (data, written into the manifest).
-* :mod:`.calibration`: the one calibration sentence set, its feeds, activation ranges.
+* :mod:`.calibration`: the calibration sentences (and the gate's kinds of input), feeds, ranges.
 * :mod:`.pipeline`: :func:`quantize`, which picks a layout and writes the graph and its record.
-* :mod:`.blocks`: graph patterns, one per block kind (attention, FFN), for the fused layout.
-* :mod:`.fused`: the ``fused-bert`` int8 layout (QAttention, static and per-token scales).
+* :mod:`.layout`: the ``blocks`` int8 layout (static or per-token scales, chosen per model).
+* :mod:`.encoder`: matches an exported encoder block by block, with one module per block
+  kind: :mod:`.embedding`, :mod:`.attention`, :mod:`.ffn` (each: pattern and int8 form),
+  shared pieces in :mod:`.blocks`, and :mod:`.probe`, which checks what matched blocks compute.
 * :mod:`.per_token`: the ``per-token`` int8 layout (any graph; the fallback).
 * :mod:`.nbits`: ``MatMulNBits`` block-wise 4/8-bit weights (int4-edge).
 * :mod:`.embedding`: the word-embedding table as ``GatherBlockQuantized``.
@@ -26,7 +28,7 @@ from embedrt.export.errors import (
     UnknownVariantError,
     UnsupportedModelError,
 )
-from embedrt.export.quantize.calibration import calibration_feeds, calibration_sentences
+from embedrt.export.quantize.calibration import calibration_feeds, calibration_sentences, check_sentences
 from embedrt.export.quantize.pipeline import quantizable_nodes, quantize, search_candidates
 from embedrt.export.quantize.recipe import (
     ISAS,
@@ -53,6 +55,7 @@ __all__ = [
     "as_per_token",
     "calibration_feeds",
     "calibration_sentences",
+    "check_sentences",
     "cpu_features",
     "detect_isa",
     "quantizable_nodes",

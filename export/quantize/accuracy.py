@@ -1,7 +1,10 @@
 """Accuracy-aware quantisation: keep the most sensitive nodes in float until a target holds.
 
-Sensitivity is measured on the calibration sentences (:mod:`.calibration`), never on
-evaluation data: for each quantisable node, how much the minimum per-sentence cosine to the
+The search measures on the sentences it is given: export passes the calibration sentences,
+the inputs of the kinds the parity gate checks (:func:`.calibration.check_sentences`) and
+the gate's own validation sentences, never evaluation data. A target the search reaches is
+then a target the gate sees reached: same sentences, same torch reference, same artefact.
+For each quantisable node, sensitivity is how much the minimum per-sentence cosine to the
 torch reference improves when that node alone stays float.
 """
 
@@ -17,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from embedrt.export.errors import AccuracyTargetError
-from embedrt.export.quantize.calibration import calibration_sentences
 from embedrt.runtime.manifest import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, QuantisationRecord
 from embedrt.runtime.pooling import row_cosines
 
@@ -40,6 +42,7 @@ def search(
     staging: Path,
     candidates: Sequence[str],
     quantize: Quantize,
+    sentences: Sequence[str],
     reference: npt.NDArray[np.float32],
     target: float,
     on_trial: Callable[[str], None] = lambda message: None,
@@ -50,18 +53,18 @@ def search(
         staging: an artefact directory holding the fp32 ``model.onnx``, tokenizer and manifest.
         candidates: the MatMul names the search may keep float (``search_candidates``).
         quantize: ``quantize(fp32_model, out_model, exclude_nodes) -> record``.
-        reference: torch embeddings of :func:`calibration_sentences`.
-        target: minimum per-sentence cosine to reach on the calibration sentences.
+        sentences: what the search measures on.
+        reference: torch embeddings of ``sentences``.
+        target: minimum per-sentence cosine to reach on ``sentences``.
         on_trial: called with a one-line report after each trial.
 
     Raises:
         AccuracyTargetError: even with every candidate left in float the target is missed.
     """
-    sentences = calibration_sentences()
     with tempfile.TemporaryDirectory(prefix="embedrt-accuracy-") as scratch:
         fp32 = Path(scratch) / "fp32.onnx"
         shutil.copyfile(staging / MODEL_FILE, fp32)
-        trial = _Trial(staging, fp32, Path(scratch), quantize, sentences, reference)
+        trial = _Trial(staging, fp32, Path(scratch), quantize, list(sentences), reference)
         score, record = trial.run(())
         total = record.quantised_matmuls + len(record.fp32_matmuls)
         on_trial(f"all {total} MatMuls quantised: min cosine {score:.5f} (target {target})")
@@ -79,7 +82,7 @@ def search(
                     break
         if score < target:
             raise AccuracyTargetError(
-                f"no recipe reaches min cosine {target} on the calibration sentences: the best, "
+                f"no recipe reaches min cosine {target} on the check sentences: the best, "
                 f"with {len(record.fp32_matmuls)} of {total} quantisable MatMuls "
                 f"left in float, reached {score:.5f}. Lower --min-cosine or choose a float variant."
             )

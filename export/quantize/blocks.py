@@ -1,164 +1,156 @@
-"""Graph patterns, one per block kind, matched in onnxruntime's fused BERT graph.
+"""Pattern pieces every block kind shares: weight MatMuls, bias Adds, residual + LayerNorm.
 
-A transformer layer is an attention block and an FFN block. Each ``match_*`` function
-finds its block's nodes from where the block starts and checks every assumption the
-rewrite makes; a mismatch raises :class:`PatternMismatchError` naming the block and what
-differed (the ``fused-bert`` layout then falls back to ``per-token``). A new architecture's
-pattern is one more ``match_*`` function and its rewrite, not a change to the others.
-
-Patterns (after ``onnxruntime.transformers`` fusions, embeddings left unfused):
-
-* attention: ``Attention(x, Wqkv, bqkv, mask) -> MatMul(Wo) -> SkipLayerNormalization``
-* FFN: ``MatMul(Wi) -> BiasGelu -> MatMul(Wd) -> SkipLayerNormalization``
+The block kinds have a module each (:mod:`.embedding`, :mod:`.attention`, :mod:`.ffn`);
+:mod:`.encoder` walks an exported graph through them. Every check raises
+:class:`~embedrt.export.errors.PatternMismatchError` whose message starts with the block
+(``layer 3 attention: ...``), so a graph the layout cannot rewrite says where and why.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 from embedrt.export.errors import PatternMismatchError
-from embedrt.export.quantize.graph import readers as graph_readers
+from embedrt.export.quantize.builders import FloatArray
 
 if TYPE_CHECKING:
-    from onnx import ModelProto, NodeProto, TensorProto
-
-# Attention attributes QAttention reproduces: num_heads; the mask value only as "masked
-# weights are exactly 0", which its default of -10000 also gives; unidirectional only when 0.
-_ATTENTION_ATTRIBUTES = {"num_heads", "mask_filter_value", "unidirectional"}
+    from embedrt.export.quantize.graph import GraphView
+    from onnx import NodeProto
 
 
-@dataclass(frozen=True)
-class AttentionBlock:
-    """Fused attention, its output projection and the residual LayerNorm after it.
-
-    Attributes:
-        attention: the ``Attention`` node (Q/K/V projection and attention in one).
-        out: the attention-output dense MatMul.
-        skip: the ``SkipLayerNormalization`` reading ``out``.
-        qkv_names: the unfused graph's Q/K/V MatMul names (what an exclusion list names).
-    """
-
-    attention: NodeProto
-    out: NodeProto
-    skip: NodeProto
-    qkv_names: tuple[str, ...]
+def mismatch(block: str, detail: str) -> PatternMismatchError:
+    """The error for ``block`` (``layer 3 attention``) not matching: ``detail`` says how."""
+    return PatternMismatchError(f"{block}: {detail}")
 
 
-@dataclass(frozen=True)
-class FFNBlock:
-    """FFN-up MatMul, ``BiasGelu``, FFN-down MatMul and the residual LayerNorm after it."""
-
-    up: NodeProto
-    gelu: NodeProto
-    down: NodeProto
-    skip: NodeProto
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One transformer layer of the fused graph."""
-
-    attention: AttentionBlock
-    ffn: FFNBlock
-
-
-class _Graph:
-    """What the matchers look nodes up in."""
-
-    def __init__(self, model: ModelProto, unfused_matmuls: Mapping[str, str]) -> None:
-        self.readers = graph_readers(model.graph)
-        self.inits: dict[str, TensorProto] = {i.name: i for i in model.graph.initializer}
-        self.unfused = unfused_matmuls
-
-    def only(self, block: str, tensor: str, op: str) -> NodeProto:
-        found: list[NodeProto] = [n for n in self.readers[tensor] if n.op_type == op]
-        if len(found) != 1:
-            raise PatternMismatchError(f"{block}: expected one {op} reading {tensor}, found {len(found)}")
-        return found[0]
-
-    def check_weight_matmul(self, block: str, matmul: NodeProto) -> None:
-        if matmul.name not in self.unfused or matmul.input[1] not in self.inits:
-            raise PatternMismatchError(
-                f"{block}: {matmul.name} is not one of the unfused graph's weight MatMuls"
-            )
-
-    def check_skip(self, block: str, matmul: NodeProto, skip: NodeProto) -> None:
-        outputs = [o for o in skip.output if o]
-        if len(skip.input) < 5 or skip.input[0] != matmul.output[0] or len(outputs) != 1:
-            raise PatternMismatchError(
-                f"{block}: {skip.name} is not SkipLayerNormalization(MatMul output, skip, bias)"
-            )
-
-
-def match_layers(model: ModelProto, unfused_matmuls: Mapping[str, str]) -> list[Layer]:
-    """The fused graph's transformer layers, in order.
-
-    ``unfused_matmuls`` maps each unfused weight MatMul's name to the tensor it reads; the
-    three that read an ``Attention`` node's input are that layer's Q/K/V.
+def only_reader(g: GraphView, tensor: str, ops: tuple[str, ...], block: str) -> NodeProto:
+    """The one node reading ``tensor``, which must be one of ``ops`` and have a name.
 
     Raises:
-        PatternMismatchError: no Attention node, or a block that does not match its pattern.
+        PatternMismatchError: ``tensor`` has no reader, several, another op, or is a graph output.
     """
-    graph = _Graph(model, unfused_matmuls)
-    found = []
-    for attention in (n for n in model.graph.node if n.op_type == "Attention"):
-        block = match_attention(graph, attention)
-        found.append(Layer(block, match_ffn(graph, block.skip.output[0], attention.name)))
-    if not found:
-        raise PatternMismatchError("onnxruntime's optimizer fused no Attention node")
-    return found
+    found = g.readers.get(tensor, [])
+    if len(found) != 1 or found[0].op_type not in ops or tensor in g.outputs:
+        seen = ", ".join(f"{n.op_type} {n.name}" for n in found) or "nothing"
+        raise mismatch(block, f"expected {tensor} to be read by one {'/'.join(ops)}, found {seen}")
+    return named(found[0], block)
 
 
-def match_attention(graph: _Graph, attention: NodeProto) -> AttentionBlock:
-    """The attention block starting at ``attention``, checked as QAttention can reproduce it.
+def named(node: NodeProto, block: str) -> NodeProto:
+    """``node``, which must have a name (the rewrite replaces nodes by name).
 
     Raises:
-        PatternMismatchError: the block differs from the pattern (the message says how).
+        PatternMismatchError: it has none.
+    """
+    if not node.name:
+        raise mismatch(block, f"a {node.op_type} node has no name; name every node (the exporter does)")
+    return node
+
+
+def other_input(node: NodeProto, tensor: str, block: str) -> str:
+    """The input of a two-input ``node`` that is not ``tensor``.
+
+    Raises:
+        PatternMismatchError: ``node`` does not read ``tensor`` and exactly one other tensor.
+    """
+    others: list[str] = [x for x in node.input if x != tensor]
+    if len(node.input) != 2 or len(others) != 1:
+        raise mismatch(block, f"{node.name}: expected {node.op_type} of {tensor} and one other tensor")
+    return others[0]
+
+
+def weight(g: GraphView, node: NodeProto, x: str, block: str) -> FloatArray:
+    """The constant [K, N] float32 weight of ``MatMul(x, W)``.
+
+    Raises:
+        PatternMismatchError: ``node`` is not a MatMul reading ``x`` with such a weight.
+    """
+    if node.op_type != "MatMul" or node.input[0] != x:
+        raise mismatch(block, f"expected a MatMul reading {x}, found {node.op_type} {node.name}")
+    w = g.const(node.input[1])
+    if w is None or w.ndim != 2 or w.dtype != np.float32:
+        raise mismatch(block, f"{node.name}: the weight is not a constant 2-D float32 matrix")
+    named(node, block)
+    return w.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Bias:
+    """The optional ``Add(y, b)`` after a weight MatMul: the vector, the node, the output."""
+
+    vector: FloatArray | None
+    add: NodeProto | None
+    output: str
+
+
+def bias_after(g: GraphView, y: str, width: int, block: str) -> Bias:
+    """The ``Add`` of a constant [width] vector that is ``y``'s only reader, if there is one.
+
+    Raises:
+        PatternMismatchError: that Add's constant has another shape.
+    """
+    found = g.readers.get(y, [])
+    if len(found) == 1 and found[0].op_type == "Add" and y not in g.outputs:
+        add = found[0]
+        value = g.const(other_input(add, y, block))
+        if value is not None:
+            if value.shape != (width,):
+                raise mismatch(block, f"{add.name}: a bias of shape {value.shape}, expected ({width},)")
+            return Bias(value.astype(np.float32), named(add, block), str(add.output[0]))
+    return Bias(None, None, y)
+
+
+def check_layernorm(g: GraphView, node: NodeProto, block: str) -> None:
+    """``node`` must be a LayerNormalization over the last axis with constant scale and bias.
+
+    Raises:
+        PatternMismatchError: it is not.
+    """
+    if node.op_type != "LayerNormalization":
+        raise mismatch(block, f"expected LayerNormalization, found {node.op_type} {node.name}")
+    if g.attribute(node, "axis", -1) != -1 or len([o for o in node.output if o]) != 1:
+        raise mismatch(block, f"{node.name}: not a LayerNormalization over the last axis only")
+    if any(g.const(x) is None for x in node.input[1:] if x):
+        raise mismatch(block, f"{node.name}: its scale or bias is not a constant")
+    named(node, block)
+
+
+@dataclass(frozen=True)
+class Residual:
+    """``Add(y, x) -> LayerNormalization``: the end of every block (post-LayerNorm encoders)."""
+
+    add: NodeProto
+    norm: NodeProto
+    skip: str  # x, the block's input
+
+    @property
+    def output(self) -> str:
+        """The block's output: the LayerNorm's."""
+        return str(self.norm.output[0])
+
+
+def match_residual(g: GraphView, y: str, x: str, block: str) -> Residual:
+    """The residual ``Add(y, x)`` reading the block's result ``y`` and the LayerNorm after it.
+
+    Raises:
+        PatternMismatchError: ``y`` is not added to ``x`` and normalised.
+    """
+    add = only_reader(g, y, ("Add",), block)
+    if other_input(add, y, block) != x:
+        raise mismatch(block, f"{add.name}: expected the residual Add of {y} and the block input {x}")
+    norm = only_reader(g, str(add.output[0]), ("LayerNormalization",), block)
+    check_layernorm(g, norm, block)
+    return Residual(add, norm, x)
+
+
+def residual_sum(terms: list[str], add: NodeProto, name: str) -> NodeProto:
+    """``Sum(terms)`` into the residual ``add``'s output.
+
+    A ``Sum``, not an ``Add``: onnxruntime would fuse an Add and the LayerNorm after it into
+    ``SkipLayerNormalization``, whose CPU kernel measured 2-3x slower than the two apart.
     """
     from onnx import helper
 
-    where = f"attention block {attention.name or '(unnamed)'}"
-    out = graph.only(where, attention.output[0], "MatMul")
-    skip = graph.only(where, out.output[0], "SkipLayerNormalization")
-    qkv = tuple(name for name, x in graph.unfused.items() if x == attention.input[0])
-    if len(qkv) != 3:
-        raise PatternMismatchError(f"{where}: cannot tell which MatMuls were its Q/K/V")
-    if not all(n.name for n in (attention, out, skip)):
-        raise PatternMismatchError(f"{where}: a node of the block has no name")
-    attributes = {x.name: helper.get_attribute_value(x) for x in attention.attribute}
-    if set(attributes) - _ATTENTION_ATTRIBUTES or attributes.get("unidirectional", 0) != 0:
-        raise PatternMismatchError(
-            f"{where}: attributes {sorted(attributes)} are more than QAttention reproduces"
-        )
-    if attributes.get("mask_filter_value", -10000.0) > -10000.0:
-        raise PatternMismatchError(f"{where}: a mask value above -10000 leaves masked weights non-zero")
-    inits = graph.inits
-    if len(attention.input) != 4 or attention.input[1] not in inits or attention.input[2] not in inits:
-        raise PatternMismatchError(f"{where}: expected (input, constant weights, constant bias, mask) only")
-    width = inits[out.input[1]].dims[0] if out.input[1] in inits else -1
-    if inits[attention.input[1]].dims[1] != 3 * width:
-        raise PatternMismatchError(f"{where}: Q, K and V widths differ from the attention output's input")
-    graph.check_skip(where, out, skip)
-    graph.check_weight_matmul(where, out)
-    return AttentionBlock(attention, out, skip, qkv)
-
-
-def match_ffn(graph: _Graph, x: str, layer: str) -> FFNBlock:
-    """The FFN block reading tensor ``x`` (the attention block's output) in ``layer``.
-
-    Raises:
-        PatternMismatchError: the block differs from the pattern (the message says how).
-    """
-    where = f"FFN block after {layer}"
-    up = graph.only(where, x, "MatMul")
-    gelu = graph.only(where, up.output[0], "BiasGelu")
-    down = graph.only(where, gelu.output[0], "MatMul")
-    skip = graph.only(where, down.output[0], "SkipLayerNormalization")
-    if not all(n.name for n in (up, gelu, down, skip)):
-        raise PatternMismatchError(f"{where}: a node of the block has no name")
-    graph.check_skip(where, down, skip)
-    for matmul in (up, down):
-        graph.check_weight_matmul(where, matmul)
-    return FFNBlock(up, gelu, down, skip)
+    return helper.make_node("Sum", terms, list(add.output), name=name)

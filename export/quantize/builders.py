@@ -1,7 +1,7 @@
 """Quantised-op builders shared by the int8 layouts.
 
 Weight codes, smoothing, per-token (row) quantisation and ``MatMulIntegerToFloat``: one
-implementation each; the ``fused-bert`` and ``per-token`` layouts differ only in the data
+implementation each; the ``blocks`` and ``per-token`` layouts differ only in the data
 they pass.
 
 Initialiser and node names are part of the exported file: they are kept exactly as each
@@ -245,3 +245,93 @@ def row_scale(unscaled: str, scale: str, out: str, name: str) -> NodeProto:
     from onnx import helper
 
     return helper.make_node("Mul", [unscaled, scale], [out], name=name)
+
+
+class Kernels:
+    """Emits int8 kernels into one graph edit: static or per-token activations, int8 weights.
+
+    Activations are divided by smoothing factors (``smooth``, None for none) before they are
+    quantised; the caller multiplies the weight rows by the same factors. The row zero-point
+    tensor of each :class:`RowScheme` is made once and shared by every per-token point.
+    """
+
+    def __init__(self, g: GraphEdit, weight_bits: int, weight_type: str, margin: float) -> None:
+        self.g = g
+        self.weight_bits, self.weight_type, self.margin = weight_bits, weight_type, margin
+        self._row_zero_points: dict[str, str] = {}
+
+    def matmul(
+        self, q: str, w: FloatArray, a_scale: str, a_zp: str, prefix: str, out: str, bias: FloatArray | None
+    ) -> NodeProto:
+        """``MatMulIntegerToFloat`` of codes ``q`` and ``w`` (int8 per output column), bias fused."""
+        codes, scales, zps = int8_weights(w, self.weight_bits, self.weight_type)
+        inputs: list[str | Const] = [
+            q,
+            (prefix + "w", codes),
+            a_scale,
+            (prefix + "ws", scales),
+            a_zp,
+            (prefix + "wzp", zps),
+        ]
+        bias_name = None if bias is None else self.g.const(prefix + "b", bias.astype(np.float32))
+        node: NodeProto = matmul_integer_to_float(self.g, inputs, out, prefix + "int8", bias_name)
+        return node
+
+    def static_matmul(
+        self,
+        x: str,
+        stat: tuple[FloatArray, FloatArray],
+        smooth: FloatArray | None,
+        w: FloatArray,
+        prefix: str,
+        out: str,
+        bias: FloatArray | None,
+    ) -> list[NodeProto]:
+        """``x / smooth`` quantised with a static per-tensor range, times ``w``, plus ``bias``.
+
+        ``stat`` is the calibrated per-channel (low, high) of the tensor quantised, i.e. of
+        ``x / smooth`` (or of ``x`` when smoothing is absent or folded upstream); the range is
+        widened by the margin.
+        """
+        nodes, q, scale, zp = self.static_codes(x, stat, smooth, prefix)
+        return [*nodes, self.matmul(q, w, scale, zp, prefix, out, bias)]
+
+    def static_codes(
+        self, x: str, stat: tuple[FloatArray, FloatArray], smooth: FloatArray | None, prefix: str
+    ) -> tuple[list[NodeProto], str, str, str]:
+        """The static quantisation of :meth:`static_matmul`: (nodes, codes, scale, zero point)."""
+        from onnx import helper
+
+        low, high = stat
+        lowest = min(0.0, float(low.min())) * self.margin
+        highest = max(0.0, float(high.max())) * self.margin
+        step = max(highest - lowest, 1e-8) / 255
+        zero_point = int(np.clip(round(-lowest / step), 0, 255))
+        nodes = []
+        if smooth is not None:
+            nodes.append(smooth_input(self.g, x, smooth, prefix, name=prefix + "smooth"))
+            x = prefix + "xs"
+        scale = self.g.const(prefix + "scale", np.array(step, np.float32))
+        zp = self.g.const(prefix + "zp", np.array(zero_point, np.uint8))
+        quant = helper.make_node("QuantizeLinear", [x, scale, zp], [prefix + "q"], name=prefix + "quant")
+        return [*nodes, quant], prefix + "q", scale, zp
+
+    def row_matmul(
+        self, x: str, smooth: FloatArray | None, w: FloatArray, scheme: RowScheme, prefix: str, out: str
+    ) -> list[NodeProto]:
+        """``x / smooth`` quantised row by row with ``scheme``, times ``w``, row-scaled into ``out``."""
+        nodes: list[NodeProto] = []
+        if smooth is not None:
+            nodes.append(smooth_input(self.g, x, smooth, prefix, name=prefix + "smooth"))
+            x = prefix + "xs"
+        key = scheme.constants["zero_point"]
+        rows = quantize_rows(self.g, x, w.shape[0], scheme, prefix, self._row_zero_points.get(key))
+        self._row_zero_points[key] = rows.zero_point
+        one, activation_zp = (self.g.const(*c) for c in row_constants(self.g, scheme))
+        unscaled = prefix + "y_unscaled"
+        return [
+            *nodes,
+            *rows.nodes,
+            self.matmul(rows.q, w, one, activation_zp, prefix, unscaled, None),
+            row_scale(unscaled, rows.scale, out, prefix + "row_scale"),
+        ]

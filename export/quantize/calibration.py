@@ -28,9 +28,26 @@ DEFAULT_MAX_SEQ_LENGTH = 256  # for a graph without a manifest beside it
 
 def calibration_sentences() -> list[str]:
     """The calibration sentences (short, long, over 128 and 256 tokens, non-ASCII)."""
-    text = resources.files("embedrt.export").joinpath(CALIBRATION_FILE).read_text(encoding="utf-8")
-    sentences: list[str] = json.loads(text)["sentences"]
+    sentences: list[str] = _calibration_file()["sentences"]
     return sentences
+
+
+def check_sentences() -> list[str]:
+    """The calibration sentences and the inputs of the kinds the parity gate checks.
+
+    Those kinds (empty, whitespace, one token, non-ASCII, far over the length limit) are
+    where an int8 graph is worst; measuring there is what lets a choice made on these
+    sentences hold at the gate. Static ranges are calibrated on :func:`calibration_sentences`
+    only.
+    """
+    data = _calibration_file()
+    return [*data["sentences"], *data["checks"]]
+
+
+def _calibration_file() -> dict[str, list[str]]:  # the JSON file: lists of sentences by key
+    text = resources.files("embedrt.export").joinpath(CALIBRATION_FILE).read_text(encoding="utf-8")
+    data: dict[str, list[str]] = {k: v for k, v in json.loads(text).items() if isinstance(v, list)}
+    return data
 
 
 def calibration_feeds(

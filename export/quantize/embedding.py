@@ -1,14 +1,73 @@
-"""The word-embedding table as ``GatherBlockQuantized``.
+"""The embeddings block: its graph pattern, and the word-embedding table as ``GatherBlockQuantized``.
 
-int8 or 4-bit blocks along the hidden axis, so only the gathered rows are dequantised.
+Pattern: ``Gather(word table, input_ids) -> Add/Mul ... -> LayerNormalization`` (the other
+terms: position and token-type embeddings, however the model computes their indices).
+The table becomes int8 or 4-bit blocks along the hidden axis, so only the gathered rows are
+dequantised.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 from embedrt.export.errors import UnsupportedModelError
+from embedrt.export.quantize.blocks import check_layernorm, mismatch, named
 from embedrt.export.quantize.graph import GraphEdit
 from embedrt.export.quantize.recipe import Recipe
+
+if TYPE_CHECKING:
+    from embedrt.export.quantize.graph import GraphView
+    from onnx import NodeProto
+
+INPUT_IDS = "input_ids"
+_MAX_TERMS = 8  # Add/Mul steps between the word embedding and its LayerNorm
+
+
+@dataclass(frozen=True)
+class EmbeddingsBlock:
+    """The word-embedding Gather and the LayerNorm that ends the embeddings."""
+
+    word: NodeProto
+    norm: NodeProto
+
+    @property
+    def output(self) -> str:
+        """The first layer's input."""
+        return str(self.norm.output[0])
+
+
+def match(g: GraphView) -> EmbeddingsBlock:
+    """The embeddings block: the one Gather of a constant 2-D table by ``input_ids``, then its sum.
+
+    Raises:
+        PatternMismatchError: no such Gather, several, or no LayerNorm after a chain of Add/Mul.
+    """
+    block = "embeddings"
+    gathers = []
+    for node in g.readers.get(INPUT_IDS, []):
+        table = g.const(node.input[0]) if node.op_type == "Gather" else None
+        if table is not None and table.ndim == 2 and node.input[1] == INPUT_IDS:
+            gathers.append(node)
+    if len(gathers) != 1:
+        raise mismatch(block, f"expected one Gather of a constant table by {INPUT_IDS}, found {len(gathers)}")
+    word = named(gathers[0], block)
+    tensor = str(word.output[0])
+    for _ in range(_MAX_TERMS):
+        # A Shape of the sum (the sequence length, for position ids) is not a step of the chain.
+        found = [n for n in g.readers.get(tensor, []) if n.op_type != "Shape"]
+        if len(found) != 1 or found[0].op_type not in ("Add", "Mul", "LayerNormalization"):
+            seen = ", ".join(f"{n.op_type} {n.name}" for n in found) or "nothing"
+            raise mismatch(
+                block, f"expected {tensor} to be read by one Add, Mul or LayerNormalization, found {seen}"
+            )
+        if found[0].op_type == "LayerNormalization":
+            check_layernorm(g, found[0], block)
+            return EmbeddingsBlock(word, found[0])
+        tensor = str(found[0].output[0])
+    raise mismatch(block, f"no LayerNormalization within {_MAX_TERMS} steps of the word embedding")
+
 
 _BLOCKS = (128, 64, 32, 16)  # GatherBlockQuantized needs blocks of at least 16
 
@@ -30,10 +89,12 @@ def block_for(dim: int, preferred: int) -> int:
     )
 
 
-def rewrite(g: GraphEdit, recipe: Recipe) -> int:
-    """Turn the largest constant-table Gather (the word embeddings) into GatherBlockQuantized.
+def rewrite(g: GraphEdit, recipe: Recipe, word: NodeProto | None = None) -> int:
+    """Turn the word-embedding Gather into GatherBlockQuantized.
 
-    Returns how many Gathers were quantised (0 or 1; 0 when ``recipe.embedding_bits`` is None).
+    ``word`` is the matched Gather (:func:`match`); None takes the Gather of the largest
+    constant table (a graph no pattern matched). Returns how many Gathers were quantised
+    (0 or 1; 0 when ``recipe.embedding_bits`` is None).
 
     Raises:
         UnsupportedModelError: the table's width is not a multiple of 16.
@@ -47,7 +108,7 @@ def rewrite(g: GraphEdit, recipe: Recipe) -> int:
     ]
     if not gathers or recipe.embedding_bits is None:
         return 0
-    n = max(gathers, key=lambda node: g.inits[node.input[0]].size)
+    n = word if word is not None else max(gathers, key=lambda node: g.inits[node.input[0]].size)
     table = g.inits[n.input[0]].astype(np.float32)
     bits = recipe.embedding_bits
     rows, dim = table.shape

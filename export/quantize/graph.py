@@ -121,3 +121,75 @@ def evaluate_tensors(
         values = session.run(list(names), {k: v for k, v in feed.items() if k in graph_inputs})
         results.append({name: np.asarray(value) for name, value in zip(names, values, strict=True)})
     return results
+
+
+class GraphView:
+    """A read-only index of a graph for pattern matching: producers, readers and constants.
+
+    Attributes:
+        model: the model indexed (not changed).
+        producer: tensor name -> the node writing it.
+        readers: tensor name -> the nodes reading it, in graph order.
+        outputs: the graph's output names.
+    """
+
+    def __init__(self, model: ModelProto) -> None:
+        self.model = model
+        graph = model.graph
+        self._inits = {i.name: i for i in graph.initializer}
+        self.producer: dict[str, NodeProto] = {o: n for n in graph.node for o in n.output}
+        self.readers = readers(graph)
+        self.outputs = {o.name for o in graph.output}
+        self._values: dict[str, Tensor | None] = {}
+
+    def const(self, name: str) -> Tensor | None:
+        """The value of ``name`` when it is a constant, else None.
+
+        A constant is an initialiser, a ``Constant`` node's output or an ``Identity`` of one.
+        """
+        from onnx import numpy_helper
+
+        if name not in self._values:
+            value: Tensor | None = None
+            node = self.producer.get(name)
+            if name in self._inits:
+                value = numpy_helper.to_array(self._inits[name])
+            elif node is not None and node.op_type == "Constant":
+                attr = next((a for a in node.attribute if a.name == "value"), None)
+                value = None if attr is None else numpy_helper.to_array(attr.t)
+            elif node is not None and node.op_type == "Identity":
+                value = self.const(node.input[0])
+            self._values[name] = value
+        return self._values[name]
+
+    def scalar(self, name: str) -> float | None:
+        """The value of a constant float scalar (any shape of one element), else None."""
+        value = self.const(name)
+        if value is None or value.size != 1 or value.dtype.kind != "f":
+            return None
+        return float(value.reshape(()))
+
+    def attribute(self, node: NodeProto, name: str, default: Any = None) -> Any:  # any attribute type
+        """The value of ``node``'s attribute ``name`` (``default`` when absent)."""
+        from onnx import helper
+
+        for a in node.attribute:
+            if a.name == name:
+                return helper.get_attribute_value(a)
+        return default
+
+
+def remove_dead(graph: GraphProto) -> None:
+    """Drop nodes whose outputs nothing reads, and initialisers nothing uses."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = outputs | {x for n in graph.node for x in n.input}
+        kept = [n for n in graph.node if any(o in used for o in n.output)]
+        if len(kept) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(kept)
+    used = outputs | {x for n in graph.node for x in n.input}
+    inits = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)

@@ -1,9 +1,10 @@
 """``quantize``: one fp32 graph in, one quantised graph and its manifest record out.
 
-Two branches, chosen by the recipe's layout: ``fused-bert`` (:mod:`.fused`, falling back to
-``per-token`` when a block does not match its pattern) and ``per-token`` (shape folding, then
-:mod:`.per_token` or, for ``MatMulNBits`` recipes, :mod:`.nbits`). Both end the same way:
-the embedding table (:mod:`.embedding`), opsets, save, record.
+Two branches, chosen by the recipe's layout: ``blocks`` (:mod:`.layout`, falling back to
+``per-token`` when a block does not match its pattern; the reason is logged and recorded)
+and ``per-token`` (shape folding, then :mod:`.per_token` or, for ``MatMulNBits`` recipes,
+:mod:`.nbits`). Both end the same way: the embedding table (:mod:`.embedding`), opsets,
+save, record.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from embedrt.export.errors import PatternMismatchError, UnsupportedModelError
-from embedrt.export.quantize import embedding, fused, nbits, per_token
-from embedrt.export.quantize.blocks import Layer, match_layers
-from embedrt.export.quantize.calibration import default_calibration
-from embedrt.export.quantize.graph import Feed, GraphEdit, weight_matmuls
+from embedrt.export.quantize import embedding, layout, nbits, per_token
+from embedrt.export.quantize.calibration import check_sentences, default_calibration
+from embedrt.export.quantize.graph import Feed, GraphEdit, remove_dead, weight_matmuls
 from embedrt.export.quantize.recipe import (
-    LAYOUT_FUSED,
+    LAYOUT_BLOCKS,
     MATMUL_INTEGER_TO_FLOAT,
     MATMUL_NBITS,
     Recipe,
@@ -41,9 +41,10 @@ class _Rewrite:
 
     graph: GraphEdit
     recipe: Recipe
-    quantised: list[str]  # unfused MatMul names now int8
+    quantised: list[str]  # exported MatMul names now int8
     kernels: int
     folded: int = 0
+    word: NodeProto | None = None  # the matched word-embedding Gather
 
 
 def quantizable_nodes(fp32_model: Path) -> list[str]:
@@ -58,16 +59,18 @@ def quantizable_nodes(fp32_model: Path) -> list[str]:
     return [n.name for n in weight_matmuls(graph)]
 
 
-def search_candidates(fp32_model: Path, recipe: Recipe) -> list[str]:
+def search_candidates(
+    fp32_model: Path, recipe: Recipe, calibration: Sequence[Feed] | None = None
+) -> list[str]:
     """The MatMuls an accuracy search may keep float, as :func:`quantizable_nodes` names them.
 
-    In the ``fused-bert`` layout the MatMuls reading one tensor (Q, K, V) are quantised or
-    kept float together, so only the first of each such group is a candidate.
+    In the ``blocks`` layout the MatMuls reading one tensor (Q, K, V) are quantised or kept
+    float together, so only the first of each such group is a candidate.
     """
     import onnx
 
     nodes = weight_matmuls(onnx.load(str(fp32_model), load_external_data=False).graph)
-    if recipe.layout != LAYOUT_FUSED or _fused_or_none(fp32_model, nodes) is None:
+    if recipe.layout != LAYOUT_BLOCKS or _prepared_or_none(fp32_model, calibration) is None:
         return [n.name for n in nodes]  # the per-token layout keeps each MatMul float on its own
     first: dict[str, str] = {}
     for n in nodes:
@@ -89,10 +92,11 @@ def quantize(
     static ranges and smoothing factors; None tokenises the calibration sentences with the
     ``tokenizer.json`` beside ``fp32_model`` (:func:`.calibration.default_calibration`).
 
-    Layout ``fused-bert`` quantises onnxruntime's fused graph (:mod:`.fused`), falling back to
-    ``per-token`` (recorded in the returned record) when a block does not match its pattern;
-    excluding any of a layer's Q/K/V keeps that layer's whole attention float. Layout
-    ``per-token`` folds the graph's shape arithmetic first (:mod:`.shapes`).
+    Layout ``blocks`` rewrites the blocks embedrt's patterns match (:mod:`.layout`), falling
+    back to ``per-token`` (recorded in the returned record, with the reason) when a block does
+    not match; ``auto`` activation scales are resolved first (:func:`.layout.choose_scales`).
+    Excluding any of a layer's Q/K/V keeps that layer's attention float. Layout ``per-token``
+    folds the graph's shape arithmetic first (:mod:`.shapes`).
 
     Returns the manifest record (without ``calibration_sentences``, ``built_on`` and
     ``accuracy_search``, which the caller knows).
@@ -110,21 +114,34 @@ def quantize(
     model = onnx.load(str(fp32_model))
     eligible = weight_matmuls(model.graph)
     excluded = _checked_exclusions(fp32_model, eligible, {*exclude_nodes, *recipe.exclude_nodes})
-    found = _fused_or_none(fp32_model, eligible) if recipe.layout == LAYOUT_FUSED else None
-    if found is not None:
-        done = _rewrite_fused(fp32_model, *found, recipe, excluded, calibration)
-    else:
+    done = None
+    if recipe.layout == LAYOUT_BLOCKS:
+        feeds = calibration if calibration is not None else default_calibration(fp32_model)
+        try:
+            prepared = layout.prepare(fp32_model, feeds)
+        except PatternMismatchError as err:
+            logger.warning("%s: the per-token int8 layout instead (%s)", fp32_model, err)
+            recipe = replace(as_per_token(recipe), fallback_reason=str(err))
+        else:
+            recipe = layout.choose_scales(fp32_model, recipe, feeds, check_sentences())
+            edit = layout.rewrite(prepared, recipe, excluded)
+            done = _Rewrite(
+                edit.graph,
+                recipe,
+                edit.quantised,
+                edit.kernels,
+                prepared.folded,
+                prepared.encoder.embeddings.word,
+            )
+    if done is None:
         targets = [n for n in eligible if n.name not in excluded]
-        done = _rewrite_per_token(
-            fp32_model,
-            model,
-            targets,
-            as_per_token(recipe) if recipe.layout == LAYOUT_FUSED else recipe,
-            calibration,
-        )
-    gathers = embedding.rewrite(done.graph, done.recipe) if "Gather" in done.recipe.quantised_ops else 0
+        done = _rewrite_per_token(fp32_model, model, targets, recipe, calibration)
+    gathers = (
+        embedding.rewrite(done.graph, done.recipe, done.word) if "Gather" in done.recipe.quantised_ops else 0
+    )
     done.graph.commit()
     written = done.graph.model
+    remove_dead(written.graph)
     _set_opsets(written, done.recipe)
     out_model.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(written, str(out_model))
@@ -168,36 +185,14 @@ def _checked_exclusions(fp32_model: Path, eligible: Sequence[NodeProto], exclude
     return excluded
 
 
-def _fused_or_none(fp32_model: Path, eligible: Sequence[NodeProto]) -> tuple[ModelProto, list[Layer]] | None:
-    """The fused graph and its layers, or None (logged) when a block does not match."""
+def _prepared_or_none(fp32_model: Path, calibration: Sequence[Feed] | None) -> layout.Prepared | None:
+    """The graph prepared for the ``blocks`` layout, or None when a block does not match."""
     try:
-        model = fused.fuse(fp32_model)
-        return model, match_layers(model, {n.name: n.input[0] for n in eligible})
-    except PatternMismatchError as err:
-        logger.warning("%s: falling back to the per-token int8 layout (%s)", fp32_model, err)
+        return layout.prepare(
+            fp32_model, calibration if calibration is not None else default_calibration(fp32_model)
+        )
+    except PatternMismatchError:
         return None
-
-
-def _rewrite_fused(
-    fp32_model: Path,
-    model: ModelProto,
-    found: list[Layer],
-    recipe: Recipe,
-    excluded: set[str],
-    calibration: Sequence[Feed] | None,
-) -> _Rewrite:
-    g = GraphEdit(model)
-    settings = fused.FusedSettings(
-        recipe.weight_bits,
-        recipe.weight_type,
-        recipe.smoothing_alpha,
-        recipe.context_smoothing_alpha,
-        recipe.static_range_margin or 1.0,
-    )
-    feeds = calibration if calibration is not None else default_calibration(fp32_model)
-    stats = fused.calibration_ranges(fp32_model, model, found, feeds)
-    kernels, quantised = fused.rewrite(g, found, settings, excluded, stats)
-    return _Rewrite(g, recipe, quantised, kernels)
 
 
 def _rewrite_per_token(

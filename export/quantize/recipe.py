@@ -21,9 +21,15 @@ if TYPE_CHECKING:
 VARIANTS = tuple(
     v.name for v in ALL_VARIANTS.values() if v.build == BUILD_QUANTISED
 )  # int8, int8-edge, int4-edge
-LAYOUT_FUSED = "fused-bert"
+LAYOUT_BLOCKS = "blocks"
 LAYOUT_PER_TOKEN = "per-token"
-LAYOUTS = (LAYOUT_FUSED, LAYOUT_PER_TOKEN)
+LAYOUTS = (LAYOUT_BLOCKS, LAYOUT_PER_TOKEN)
+SCALES_AUTO, SCALES_STATIC, SCALES_PER_TOKEN = "auto", "static", "per-token"
+_GRANULARITY = {
+    SCALES_AUTO: "static or per-token for the block inputs (chosen at export); per-token for FFN-down",
+    SCALES_STATIC: "static per-tensor for the block inputs and the context; per-token for the FFN-down input",
+    SCALES_PER_TOKEN: "per-token",
+}
 MATMUL_INTEGER_TO_FLOAT = "MatMulIntegerToFloat"
 MATMUL_NBITS = "MatMulNBits"
 
@@ -67,9 +73,17 @@ class Recipe:
     kernel, which widens to 16 bits before multiplying and cannot saturate; ``weight_bits`` 7 is the
     other known mitigation (reduce_range: s8 codes in [-63, 63]) and measured less accurate.
     ``smoothing_alpha`` None disables SmoothQuant; it never applies to down-projection inputs
-    (K > N), where it measured worse. ``context_smoothing_alpha`` (``fused-bert`` only) is the
-    one for attention's context, folded into V. ``static_range_margin`` widens the calibrated
-    ranges of static scales. ``embedding_bits`` None keeps the word-embedding table fp32.
+    (K > N), where it measured worse. ``context_smoothing_alpha`` is the one for attention's
+    context, folded into V. ``static_range_margin`` widens the calibrated ranges of static
+    scales. ``embedding_bits`` None keeps the word-embedding table fp32.
+
+    ``blocks`` layout only: ``activation_scales`` is ``auto``, ``static`` or ``per-token`` for
+    the block inputs; with per-token scales ``token_smoothing_alpha`` and
+    ``token_context_smoothing_alpha`` replace the two smoothing strengths. FFN neurons whose
+    calibrated activation exceeds ``fp32_neuron_ratio`` times the median neuron's (at most
+    ``fp32_neurons_max`` per layer) run in fp32. ``auto`` keeps static scales when they reach
+    ``static_check_min_cosine`` against the fp32 graph; ``static_check_result`` records what
+    they reached.
     """
 
     name: str
@@ -89,6 +103,14 @@ class Recipe:
     static_range_margin: float | None = None
     quantised_ops: tuple[str, ...] = ("MatMul",)
     exclude_nodes: tuple[str, ...] = field(default=())
+    activation_scales: str | None = None
+    token_smoothing_alpha: float | None = None
+    token_context_smoothing_alpha: float | None = None
+    fp32_neuron_ratio: float | None = None
+    fp32_neurons_max: int = 0
+    static_check_min_cosine: float = 1.0
+    static_check_result: float | None = None
+    fallback_reason: str | None = None  # why a blocks recipe became per-token
 
     def to_dict(self) -> dict[str, JSONValue]:
         """Return a JSON-serialisable description of the recipe."""
@@ -136,19 +158,27 @@ def check_isa(isa: str | None) -> None:
         _target(isa)
 
 
-def recipe_for(variant: str, isa: str | None = None, layout: str = LAYOUT_FUSED) -> Recipe:
+def recipe_for(
+    variant: str, isa: str | None = None, layout: str = LAYOUT_BLOCKS, scales: str = SCALES_AUTO
+) -> Recipe:
     """Return the recipe for ``variant`` (one of :data:`VARIANTS`) on ``isa`` (None: this CPU).
 
-    ``layout`` picks the int8 graph layout (:data:`LAYOUTS`); ``int4-edge`` ignores it.
+    ``layout`` picks the int8 graph layout (:data:`LAYOUTS`) and ``scales`` its activation
+    scales (``auto``, ``static``, ``per-token``; ``blocks`` only); ``int4-edge`` ignores both.
 
     Raises:
-        UnknownVariantError: ``variant`` or ``layout`` is unknown.
+        UnknownVariantError: ``variant``, ``layout`` or ``scales`` is unknown.
         UnknownISAError: ``isa`` is not None and not in :data:`ISAS`.
     """
     if layout not in LAYOUTS:
         raise UnknownVariantError(
             f"{{layout}} {layout!r} is not known; choose one of: {', '.join(LAYOUTS)}",
             params=[Param("layout")],
+        )
+    if scales not in _GRANULARITY:
+        raise UnknownVariantError(
+            f"{{scales}} {scales!r} is not known; choose one of: {', '.join(_GRANULARITY)}",
+            params=[Param("scales")],
         )
     if variant not in VARIANTS:
         raise UnknownVariantError(
@@ -177,13 +207,13 @@ def recipe_for(variant: str, isa: str | None = None, layout: str = LAYOUT_FUSED)
     recipe = Recipe(
         name=variant,
         target_isa=target.name,
-        layout=LAYOUT_FUSED,
+        layout=LAYOUT_BLOCKS,
         matmul_op=MATMUL_INTEGER_TO_FLOAT,
         weight_bits=8,
         weight_granularity="per-channel",
         weight_symmetric=True,
         weight_type="s8" if target.dot_product else "u8",
-        activation_granularity="static per-tensor; per-token for the FFN-down input",
+        activation_granularity=_GRANULARITY[scales],
         accuracy_level=None,
         # Chosen on the calibration and validation sentences (not STS-B): bench/int8_recipes.py.
         smoothing_alpha=0.75,
@@ -192,12 +222,27 @@ def recipe_for(variant: str, isa: str | None = None, layout: str = LAYOUT_FUSED)
         embedding_bits=4 if edge else 8,
         embedding_block_size=32 if edge else 128,
         quantised_ops=("MatMul", "Gather"),
+        activation_scales=scales,
+        # Per-token scales: chosen on all-mpnet-base-v2 (calibration and validation sentences).
+        token_smoothing_alpha=0.75,
+        token_context_smoothing_alpha=0.5,
+        # MPNet's massive-activation neurons are 15-50x the median neuron; 6x keeps <= 8 a layer.
+        fp32_neuron_ratio=6.0,
+        fp32_neurons_max=8,
+        # The int8 gate's threshold. Measured: all-MiniLM-L6-v2's static graph reaches 0.9934
+        # ("?!"), all-mpnet-base-v2's 0.968 (the empty string).
+        static_check_min_cosine=0.99,
     )
-    return recipe if layout == LAYOUT_FUSED else as_per_token(recipe)
+    return recipe if layout == LAYOUT_BLOCKS else as_per_token(recipe)
+
+
+def with_scales(recipe: Recipe, scales: str) -> Recipe:
+    """``recipe`` (``blocks`` layout) with its activation scales resolved to ``scales``."""
+    return replace(recipe, activation_scales=scales, activation_granularity=_GRANULARITY[scales])
 
 
 def as_per_token(recipe: Recipe) -> Recipe:
-    """``recipe`` in the ``per-token`` layout (any graph; the fallback of ``fused-bert``).
+    """``recipe`` in the ``per-token`` layout (any graph; the fallback of ``blocks``).
 
     A caller's "no smoothing" (``smoothing_alpha`` None) stays.
     """
@@ -208,6 +253,12 @@ def as_per_token(recipe: Recipe) -> Recipe:
         smoothing_alpha=None if recipe.smoothing_alpha is None else 0.7,
         context_smoothing_alpha=None,
         static_range_margin=None,
+        activation_scales=None,
+        token_smoothing_alpha=None,
+        token_context_smoothing_alpha=None,
+        fp32_neuron_ratio=None,
+        fp32_neurons_max=0,
+        static_check_result=None,
     )
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from embedrt.export.quantize.graph import Tensor, evaluate_tensors
+from embedrt.export.quantize.graph import Tensor, evaluate_tensors, remove_dead
 
 if TYPE_CHECKING:
     from onnx import GraphProto, ModelProto
@@ -86,7 +86,7 @@ def fold_shape_arithmetic(model: ModelProto) -> int:
     kept = [n for n in graph.node if n.output[0] not in constants]
     del graph.node[:]
     graph.node.extend(kept)
-    _remove_dead(graph)
+    remove_dead(graph)
     return len(constants)
 
 
@@ -138,19 +138,3 @@ def _reshape_target(values: list[Tensor], data_shapes: list[tuple[int, ...]]) ->
         else:
             return None
     return np.array(target, dtype=values[0].dtype)
-
-
-def _remove_dead(graph: GraphProto) -> None:
-    """Drop nodes whose outputs nothing reads, and initialisers nothing uses."""
-    outputs = {o.name for o in graph.output}
-    while True:
-        used = outputs | {x for n in graph.node for x in n.input}
-        kept = [n for n in graph.node if any(o in used for o in n.output)]
-        if len(kept) == len(graph.node):
-            break
-        del graph.node[:]
-        graph.node.extend(kept)
-    used = outputs | {x for n in graph.node for x in n.input}
-    inits = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)

@@ -9,10 +9,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from embedrt.export.errors import PatternMismatchError
 from embedrt.export.quantize.accuracy import search
-from embedrt.export.quantize.calibration import calibration_feeds, calibration_sentences
+from embedrt.export.quantize.calibration import calibration_feeds, calibration_sentences, check_sentences
+from embedrt.export.quantize.graph import Feed
+from embedrt.export.quantize.layout import choose_scales
 from embedrt.export.quantize.pipeline import quantize, search_candidates
-from embedrt.export.quantize.recipe import cpu_features, recipe_for, required_cpu_flags
+from embedrt.export.quantize.recipe import Recipe, cpu_features, recipe_for, required_cpu_flags
 from embedrt.runtime.manifest import (
     MODEL_FILE,
     TOKENIZER_FILE,
@@ -46,29 +49,35 @@ def quantise_variant(
         AccuracyTargetError: ``options.min_cosine`` cannot be reached.
         UnsupportedModelError: the graph cannot be quantised with the recipe.
     """
-    from embedrt.export.parity import reference_embeddings
+    from embedrt.export.parity import reference_embeddings, validation_sentences
 
     recipe = recipe_for(variant, options.isa)
     fp32 = staging / "fp32.onnx"
     (staging / MODEL_FILE).rename(fp32)
     sentences = calibration_sentences()
     feeds = calibration_feeds(staging / TOKENIZER_FILE, sentences, Manifest.load(staging).max_seq_length)
-
-    def quantize_excluding(fp32_model: Path, out_model: Path, exclude: Sequence[str]) -> QuantisationRecord:
-        return quantize(fp32_model, out_model, recipe, exclude, calibration=feeds)
-
     try:
+        recipe = _resolved(fp32, recipe, feeds)
+
+        def quantize_excluding(
+            fp32_model: Path, out_model: Path, exclude: Sequence[str]
+        ) -> QuantisationRecord:
+            return quantize(fp32_model, out_model, recipe, exclude, calibration=feeds)
+
         if options.min_cosine is None:
             step(f"quantising ({recipe.name} for {recipe.target_isa})")
             record = quantize_excluding(fp32, staging / MODEL_FILE, ())
         else:
             step(f"accuracy-aware quantisation to min cosine {options.min_cosine}")
             shutil.copyfile(fp32, staging / MODEL_FILE)  # search starts from the fp32 graph
-            reference = reference_embeddings(source, sentences)
+            # The gate's own sentences too: what the search reaches, the gate sees.
+            measured = list(dict.fromkeys([*check_sentences(), *validation_sentences()]))
+            reference = reference_embeddings(source, measured)
             result = search(
                 staging,
-                search_candidates(fp32, recipe),
+                search_candidates(fp32, recipe, feeds),
                 quantize_excluding,
+                measured,
                 reference,
                 options.min_cosine,
                 on_trial=step,
@@ -84,3 +93,11 @@ def quantise_variant(
         requires_cpu_flags=required_cpu_flags(recipe.target_isa),
         quantisation=replace(record, calibration_sentences=len(sentences), built_on=built_on),
     )
+
+
+def _resolved(fp32: Path, recipe: Recipe, feeds: Sequence[Feed]) -> Recipe:
+    """``recipe`` with its activation scales chosen once (not at every trial of a search)."""
+    try:
+        return choose_scales(fp32, recipe, feeds, check_sentences())
+    except PatternMismatchError:
+        return recipe  # quantize falls back to the per-token layout and records why
