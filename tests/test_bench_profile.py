@@ -1,4 +1,4 @@
-"""The profile tool (`python -m embedrt.bench.profile`) on the tiny model's fp32 and int8 artefacts.
+"""The profile tool (`python -m embedrt.bench.profiling`) on the tiny model's fp32 and int8 artefacts.
 
 Checks the report's structure, that the arithmetic is counted from the graph (against the tiny
 model's known sizes), that shares and roofline fractions are the quotients they claim to be,
@@ -20,7 +20,7 @@ if importlib.util.find_spec("torch") is None or importlib.util.find_spec("onnx")
     pytest.skip("profile tests need the [export] extra (tiny models, onnx)", allow_module_level=True)
 
 import onnx  # noqa: E402
-from embedrt.bench import profile  # noqa: E402
+from embedrt.bench import profiling as profile  # noqa: E402
 from embedrt.bench.arithmetic import GraphArithmeticError, model_arithmetic  # noqa: E402
 from embedrt.bench.ort_trace import TraceError, read_trace  # noqa: E402
 from embedrt.bench.peaks import KERNELS  # noqa: E402

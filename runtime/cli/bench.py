@@ -134,9 +134,9 @@ def command(
 
 
 def _profile(artefacts: tuple[Path, ...], out: Path, threads: int, sts: Path | None, quick: bool) -> None:
-    """``embedrt bench --profile``: see :mod:`embedrt.bench.profile`."""
-    from embedrt.bench.profile import ProfileOptions, run_profile
+    """``embedrt bench --profile``: see :mod:`embedrt.bench.profiling`."""
     from embedrt.bench.profile_report import write_reports
+    from embedrt.bench.profiling import ProfileOptions, run_profile
 
     options = ProfileOptions(artefacts=artefacts, threads=threads, sts=sts, argv=tuple(sys.argv))
     if quick:

@@ -1,6 +1,6 @@
 r"""Where an artefact's time goes: onnxruntime's per-operator profile and a roofline line.
 
-    python -m embedrt.bench.profile --model models/all-MiniLM-L6-v2/fp32 \\
+    python -m embedrt.bench.profiling --model models/all-MiniLM-L6-v2/fp32 \\
         --model models/all-MiniLM-L6-v2/int8 --threads 2 --out bench/results/profile
 
 For each artefact, short and long texts at batch 32 and batch 1 run through the runtime's
@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .profile_report import write_reports
     from .workloads import default_sts
 
-    parser = argparse.ArgumentParser(prog="python -m embedrt.bench.profile",
+    parser = argparse.ArgumentParser(prog="python -m embedrt.bench.profiling",
                                      description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--model", type=Path, action="append", required=True,
                         help="An artefact directory (repeatable).")
@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         artefacts=tuple(args.model), threads=args.threads or usable_cpus(), sts=args.sts or default_sts(),
         repeats=args.repeats, batch1_texts=args.batch1_texts,
         peak_shapes=tuple(args.peak_shape or DEFAULT_SHAPES), peak_calls=args.peak_calls,
-        argv=("python", "-m", "embedrt.bench.profile", *(argv if argv is not None else sys.argv[1:])),
+        argv=("python", "-m", "embedrt.bench.profiling", *(argv if argv is not None else sys.argv[1:])),
     )
     try:
         paths = write_reports(run_profile(options), args.out)
