@@ -75,6 +75,21 @@ def tiny_sources(tmp_path_factory: pytest.TempPathFactory, tiny_models: ModuleTy
     return {arch: tiny_models.build(root, arch) for arch in ("bert", "distilbert")}
 
 
+@pytest.fixture(scope="session")
+def tiny_encoder_sources(tmp_path_factory: pytest.TempPathFactory, tiny_models: ModuleType) -> dict[str, Path]:
+    """Sentence-transformers folders of tiny MPNet, RoBERTa and XLM-RoBERTa (``_tiny_encoders``)."""
+    if not HAS_EXPORT:
+        pytest.skip("building tiny models needs the [export] extra")
+    spec = importlib.util.spec_from_file_location(
+        "_tiny_encoders", Path(__file__).with_name("_tiny_encoders.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    root = tmp_path_factory.mktemp("tiny-encoders")
+    return {arch: module.build(root, arch, tiny_models) for arch in module.ARCHITECTURES}
+
+
 def _exported(request: pytest.FixtureRequest, name: str, arch: str | None, variant: str) -> Path:
     """``arch`` (a tiny model; None: the bundled MiniLM) exported as ``variant``, parity checked."""
 
