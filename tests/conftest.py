@@ -76,7 +76,9 @@ def tiny_sources(tmp_path_factory: pytest.TempPathFactory, tiny_models: ModuleTy
 
 
 @pytest.fixture(scope="session")
-def tiny_encoder_sources(tmp_path_factory: pytest.TempPathFactory, tiny_models: ModuleType) -> dict[str, Path]:
+def tiny_encoder_sources(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: ModuleType
+) -> dict[str, Path]:
     """Sentence-transformers folders of tiny MPNet, RoBERTa and XLM-RoBERTa (``_tiny_encoders``)."""
     if not HAS_EXPORT:
         pytest.skip("building tiny models needs the [export] extra")

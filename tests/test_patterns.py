@@ -46,7 +46,9 @@ def _source(arch: str, request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)
-def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
+def exported(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path, Path]:
     """(architecture, fp32 artefact, int8 artefact), each through export's parity gate."""
     arch = str(request.param)
     root = tmp_path_factory.mktemp(arch)
@@ -114,16 +116,16 @@ def test_int8_structure_parity_and_invariance(exported: tuple[str, Path, Path]) 
     attention_op = "MultiHeadAttention" if arch == "mpnet" else "QAttention"  # a position bias or not
     assert counts.get(attention_op, 0) == 2
     assert counts.get("QAttention", 0) + counts.get("MultiHeadAttention", 0) == 2
-    assert counts.get("MatMulIntegerToFloat", 0) == record.quantised_matmul_nodes - counts.get("QAttention", 0)
+    assert counts.get("MatMulIntegerToFloat", 0) == record.quantised_matmul_nodes - counts.get(
+        "QAttention", 0
+    )
     assert counts.get("Softmax", 0) == counts.get("SkipLayerNormalization", 0) == 0
     assert counts.get("GatherBlockQuantized", 0) == 1
     assert _invariance(Embedder.load(int8), TEXTS) >= 0.99999
 
 
 @pytest.mark.export
-def test_per_token_scales_with_a_position_bias(
-    tiny_encoder_sources: dict[str, Path], tmp_path: Path
-) -> None:
+def test_per_token_scales_with_a_position_bias(tiny_encoder_sources: dict[str, Path], tmp_path: Path) -> None:
     fp32 = tmp_path / "fp32"
     export_model(tiny_encoder_sources["mpnet"], fp32, ExportOptions(variant="fp32"))
     out = tmp_path / "int8"
@@ -185,6 +187,8 @@ def test_an_unmatched_graph_is_quantised_per_token_with_the_block_named(
     for name in ("tokenizer.json", "manifest.json"):
         shutil.copyfile(tiny_bert / name, tmp_path / name)
     onnx.save(model, str(tmp_path / "altered.onnx"))
-    record = quantize.quantize(tmp_path / "altered.onnx", tmp_path / "model.onnx", quantize.recipe_for("int8"))
+    record = quantize.quantize(
+        tmp_path / "altered.onnx", tmp_path / "model.onnx", quantize.recipe_for("int8")
+    )
     assert record.layout == "per-token"
     assert str(record.settings["fallback_reason"]).startswith("layer 1 FFN: ")
