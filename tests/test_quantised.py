@@ -4,6 +4,7 @@ the int8 fidelity targets against sentence-transformers on torch."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +265,8 @@ def test_reachable_accuracy_target_keeps_sensitive_nodes_float(
     export_model(tiny_sources["bert"], tmp_path / "acc", ExportOptions("int8", min_cosine=target))
     recipe = _quantisation(tmp_path / "acc")
     assert recipe.accuracy_search is not None and recipe.accuracy_search.calibration_min_cosine >= target
+    gate = Manifest.load(tmp_path / "acc").parity
+    assert gate is not None and gate.min_cosine >= target  # what the search reached, the gate sees
     kept = recipe.fp32_matmuls
     counts = _op_counts(tmp_path / "acc" / "model.onnx")
     assert recipe.quantised_matmuls == 12 - len(kept)
@@ -272,6 +275,35 @@ def test_reachable_accuracy_target_keeps_sensitive_nodes_float(
     # What is kept float is in the graph as exported (Q, K and V together), beside any
     # fp32 neurons (two weight MatMuls and a GELU each).
     assert _weight_matmuls(tmp_path / "acc" / "model.onnx") == len(kept) + 2 * counts.get("Gelu", 0)
+
+
+@pytest.mark.export
+def test_search_keeps_its_promise_where_the_sentence_sets_disagree(
+    tiny_sources: dict[str, Path], tiny_bert_int8_edge: Path, tmp_path: Path
+) -> None:
+    """--min-cosine either gives an artefact whose gate reaches the target or fails naming the best.
+
+    On this model the calibration sentences (what the search used to measure on) rate the
+    plain recipe above the target, while the gate's sentences rate it below: a search on the
+    calibration sentences alone would have stopped at once and the gate refused the result.
+    """
+    from embedrt.export.parity import reference_embeddings
+
+    source = tiny_sources["bert"]
+    calibration = quantize.calibration_sentences()
+    plain = Embedder.load(tiny_bert_int8_edge).embed(calibration)
+    calibration_min = float(row_cosines(reference_embeddings(source, calibration), plain).min())
+    gate = Manifest.load(tiny_bert_int8_edge).parity
+    assert gate is not None and gate.min_cosine < calibration_min  # the two sets disagree
+    target = (gate.min_cosine + calibration_min) / 2
+    try:
+        manifest = export_model(source, tmp_path / "out", ExportOptions("int8-edge", min_cosine=target))
+    except AccuracyTargetError as err:  # the 4-bit table, never kept float, bounds it here
+        reached = re.search(r"reached (0\.\d+)", str(err))
+        assert reached is not None and float(reached.group(1)) < target
+        assert not (tmp_path / "out").exists()
+    else:
+        assert manifest.parity is not None and manifest.parity.min_cosine >= target
 
 
 # --- the real model --------------------------------------------------------------------------
