@@ -26,6 +26,14 @@ class OutputDirectoryError(EmbedrtError, FileExistsError):
     """The output directory exists and is not an embedrt artefact: export will not overwrite it."""
 
 
+class MissingPartError(EmbedrtError, ImportError):
+    """A catalogue model ships as parts in several packages and one is not installed."""
+
+
+class PartChecksumError(SourceModelError):
+    """A part of a catalogue model, or the archive they form, is not what the catalogue says."""
+
+
 class CatalogueMismatchError(SourceModelError):
     """A catalogue entry's data (dimension, length limit) disagrees with the source model."""
 

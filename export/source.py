@@ -81,14 +81,24 @@ def check_catalogue(model: SourceModel, source: str | Path | None) -> None:
 def resolve_source(source: str | Path | None) -> tuple[Path, str]:
     """Turn SOURCE (None, a catalogue name, or a folder) into ``(folder, model name)``.
 
+    A catalogue model shipped as parts (``parts`` in its entry) is assembled once into
+    ``<home>/sources/`` (:mod:`embedrt.export.assemble`).
+
     Raises:
         MissingExtraError: a catalogue model's weights package is not installed.
+        MissingPartError: a part of a catalogue model shipped as parts is not installed.
+        PartChecksumError: a part, or the archive they form, is not what the catalogue says.
         SourceModelError: SOURCE is neither a known name nor an existing folder.
     """
     known = catalogue()
     name = str(source) if source is not None else known["default"]
     if name in known["models"]:
         entry = known["models"][name]
+        if "parts" in entry:
+            from embedrt.export.assemble import Parts, assemble
+            from embedrt.runtime.home import home
+
+            return assemble(name, Parts.from_entry(entry["parts"]), home() / "sources"), name
         try:
             module = importlib.import_module(entry["module"])
         except ImportError as err:
