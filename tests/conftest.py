@@ -168,6 +168,47 @@ def minilm_int8(request: pytest.FixtureRequest) -> Path:
     return _exported(request, "minilm-int8", None, "int8")
 
 
+def _exported_catalogue(request: pytest.FixtureRequest, name: str, model: str, variant: str) -> Path:
+    """Catalogue model ``model`` exported as ``variant``, parity checked; skips when its
+    weights (packages or parts) are not installed, naming what to install."""
+
+    def build(target: Path) -> None:
+        from embedrt.export import ExportOptions, export_model
+        from embedrt.export.errors import MissingPartError
+
+        try:
+            export_model(model, target, ExportOptions(variant=variant))
+        except MissingPartError as err:
+            pytest.skip(str(err))
+
+    return _artefact(request.getfixturevalue("artefact_root"), name, build)
+
+
+@pytest.fixture(scope="session")
+def mpnet_variant(request: pytest.FixtureRequest) -> Callable[[str], Path]:
+    """Export all-mpnet-base-v2 as a given variant (parity checked), once per session each."""
+    made: dict[str, Path] = {}
+
+    def export(variant: str) -> Path:
+        if variant not in made:
+            made[variant] = _exported_catalogue(request, f"mpnet-{variant}", "all-mpnet-base-v2", variant)
+        return made[variant]
+
+    return export
+
+
+@pytest.fixture(scope="session")
+def mpnet_fp32(request: pytest.FixtureRequest) -> Path:
+    """all-mpnet-base-v2 (assembled from its PyPI parts) exported as fp32, parity checked."""
+    return _exported_catalogue(request, "mpnet-fp32", "all-mpnet-base-v2", "fp32")
+
+
+@pytest.fixture(scope="session")
+def mpnet_int8(request: pytest.FixtureRequest) -> Path:
+    """all-mpnet-base-v2 exported as int8, parity checked."""
+    return _exported_catalogue(request, "mpnet-int8", "all-mpnet-base-v2", "int8")
+
+
 @pytest.fixture(scope="session")
 def stsb_dev() -> tuple[list[tuple[str, str]], list[float]]:
     """The STS-B dev pairs and gold scores shipped in bench/data (1,500 pairs)."""
