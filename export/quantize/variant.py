@@ -58,6 +58,11 @@ def quantise_variant(
     feeds = calibration_feeds(staging / TOKENIZER_FILE, sentences, Manifest.load(staging).max_seq_length)
     try:
         recipe = _resolved(fp32, recipe, feeds)
+        if recipe.static_check_result is not None:
+            step(
+                f"{recipe.activation_scales} activation scales (static ones reach min cosine "
+                f"{recipe.static_check_result:.4f} to fp32; kept at >= {recipe.static_check_min_cosine})"
+            )
 
         def quantize_excluding(
             fp32_model: Path, out_model: Path, exclude: Sequence[str]
@@ -84,6 +89,8 @@ def quantise_variant(
             )
             searched = AccuracySearchRecord(options.min_cosine, result.min_cosine, result.trials)
             record = replace(result.record, accuracy_search=searched)
+        if record.settings.get("fallback_reason"):  # say it where the user sees progress
+            step(f"per-token layout: no block pattern matched ({record.settings['fallback_reason']})")
     finally:
         fp32.unlink()
     features: dict[str, JSONValue] = dict(cpu_features())
