@@ -49,7 +49,7 @@ class UnsupportedModelError(QuantizationError):
 class PatternMismatchError(QuantizationError):
     """A block of the graph does not match the pattern a layout rewrites (the message names it).
 
-    The ``fused-bert`` layout catches it and falls back to the ``per-token`` layout.
+    The ``blocks`` layout catches it and falls back to the ``per-token`` layout.
     """
 
 

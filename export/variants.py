@@ -43,8 +43,9 @@ VARIANTS: dict[str, Variant] = {
         # Quantised variants: per-sentence cosine is the gate; element differences follow.
         Variant(
             "int8",
-            "int8 kernels on onnxruntime's fused BERT graph, batch-invariant static and "
-            "per-token activation scales, an int8 embedding table; the default for CPU serving",
+            "int8 kernels on embedrt's matched encoder blocks (no onnxruntime fusion needed), "
+            "batch-invariant static or per-token activation scales, "
+            "an int8 embedding table; the default for CPU serving",
             0.99, 0.05, build=BUILD_QUANTISED,
         ),
         Variant(

@@ -138,7 +138,7 @@ class QuantisationRecord:
 
     Attributes:
         target_isa: the CPU the recipe targets (``avx512_vnni``, ``avx2``, ``arm64``...).
-        layout: ``fused-bert`` or ``per-token`` (the graph layout actually written).
+        layout: ``blocks`` or ``per-token`` (the graph layout actually written).
         matmul_op: the int8/low-bit kernel: ``MatMulIntegerToFloat`` or ``MatMulNBits``.
         weight_type: ``s8`` or ``u8`` (u8 x u8 kernels: no 16-bit saturation without VNNI).
         activation_granularity: how activations are scaled (static, per token...).
