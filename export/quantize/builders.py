@@ -280,7 +280,7 @@ class Kernels:
     def static_matmul(
         self,
         x: str,
-        stat: tuple[FloatArray, FloatArray],
+        stat: tuple[Tensor, Tensor],
         smooth: FloatArray | None,
         w: FloatArray,
         prefix: str,
@@ -297,7 +297,7 @@ class Kernels:
         return [*nodes, self.matmul(q, w, scale, zp, prefix, out, bias)]
 
     def static_codes(
-        self, x: str, stat: tuple[FloatArray, FloatArray], smooth: FloatArray | None, prefix: str
+        self, x: str, stat: tuple[Tensor, Tensor], smooth: FloatArray | None, prefix: str
     ) -> tuple[list[NodeProto], str, str, str]:
         """The static quantisation of :meth:`static_matmul`: (nodes, codes, scale, zero point)."""
         from onnx import helper

@@ -38,11 +38,13 @@ _TOLERANCE = 1e-4
 
 def _gelu(x: Tensor) -> Tensor:
     erf = np.vectorize(math.erf)
-    return 0.5 * x * (1 + erf(x / math.sqrt(2)))
+    y: Tensor = 0.5 * x * (1 + erf(x / math.sqrt(2)))
+    return y
 
 
 def _gelu_tanh(x: Tensor) -> Tensor:
-    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    y: Tensor = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    return y
 
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -176,7 +178,9 @@ def _recompute(a: AttentionBlock, run: Mapping[str, Tensor], feed: Feed) -> None
     batch, seq = mask.shape
 
     def heads(tensor: str) -> Tensor:
-        return run[tensor].astype(np.float64).reshape(batch, seq, a.heads, a.head_size).transpose(0, 2, 1, 3)
+        split = run[tensor].astype(np.float64).reshape(batch, seq, a.heads, a.head_size)
+        per_head: Tensor = np.transpose(split, (0, 2, 1, 3))
+        return per_head
 
     q, k, v = heads(a.q.bias.output), heads(a.k.bias.output), heads(a.v.bias.output)
     scores = q @ k.transpose(0, 1, 3, 2) * a.scale
