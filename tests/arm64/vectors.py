@@ -96,7 +96,9 @@ def _embed_all(root: Path, names: list[str]) -> dict[str, np.ndarray]:
     from embedrt.runtime import Embedder
 
     sentences = texts()
-    return {name: Embedder.load(root / name).embed(sentences) for name in names}
+    # spin=False: under emulation, spinning worker threads take the cores the emulated main
+    # thread needs (the vectors do not depend on it)
+    return {name: Embedder.load(root / name, spin=False).embed(sentences) for name in names}
 
 
 def reference(root: Path, out: Path, names: list[str]) -> None:
