@@ -119,7 +119,9 @@ class ShardWriter:
             schema=self.schema,
         )
         shard = Path(SHARDS_DIR) / f"{unit.name}.parquet"
-        temporary = self.out_dir / WORK_DIR / f"{unit.name}.parquet.tmp"
+        # The process id keeps two writers of one unit apart (Ray may run a unit's block
+        # again on another actor while the first is still writing it).
+        temporary = self.out_dir / WORK_DIR / f"{unit.name}.parquet.{os.getpid()}.tmp"
         pq.write_table(
             table, temporary, row_group_size=max(len(ids), 1), compression=COMPRESSION,
             use_dictionary=False, write_statistics=False,
@@ -139,7 +141,7 @@ class ShardWriter:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file, flushed, then renamed over it."""
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with temporary.open("w", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
