@@ -28,6 +28,27 @@ ThreadsOption = Annotated[
 # The modules the [export] extra brings: export and similarity --reference check for them
 # before starting, so a missing extra is the first and only thing they print.
 EXPORT_MODULES = ("torch", "transformers", "optimum", "onnx", "sentence_transformers")
+# What each command that needs an extra cannot run without: (extra, modules). On an install
+# without them, ``embedrt --help`` marks the command and its own --help says what to install.
+COMMAND_EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "export": ("export", EXPORT_MODULES),
+    "serve": ("serve", ("starlette", "uvicorn")),
+    "bench": ("bench", ("matplotlib", "rich")),
+    "search": ("corpus", ("pyarrow",)),
+    "embed-corpus": ("corpus", ("pyarrow",)),
+}
+
+
+def missing_module(modules: Sequence[str]) -> str | None:
+    """The first of ``modules`` that cannot be imported (checked without importing it), or None."""
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # blocked, or set to None in sys.modules
+            found = False
+        if not found:
+            return name
+    return None
 
 
 def require(extra: str, feature: str, modules: Sequence[str]) -> None:
@@ -36,13 +57,9 @@ def require(extra: str, feature: str, modules: Sequence[str]) -> None:
     Raises:
         MissingExtraError: one is missing (named, with the extra that brings it).
     """
-    for name in modules:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):  # blocked, or set to None in sys.modules
-            found = False
-        if not found:
-            raise MissingExtraError(extra, feature, name)
+    missing = missing_module(modules)
+    if missing is not None:
+        raise MissingExtraError(extra, feature, missing)
 
 
 class CommandLineError(EmbedrtError, ValueError):

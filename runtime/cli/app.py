@@ -18,7 +18,8 @@ from typing import Any
 
 import typer
 
-from ..errors import EmbedrtError, cli_spelling
+from ..errors import PIP_HINT, EmbedrtError, cli_spelling
+from ._common import COMMAND_EXTRAS, missing_module
 
 # One line per command: the name on the command line; its code is the module of the same
 # name in this package (dashes become underscores), whose ``command`` function Typer runs.
@@ -38,6 +39,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    # Help text is plain text: with rich markup (typer's default where rich is installed),
+    # "[serve]" in "pip install -e '.[serve]'" or "([ray] extra)" would be read as a style tag
+    # and vanish.
+    rich_markup_mode=None,
 )
 
 
@@ -78,9 +83,41 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+SHORT_HELP_CHARS = 60  # a marked command's line in the list fits 80 columns unwrapped
+
+
+def _summary(doc: str, limit: int) -> str:
+    """The first paragraph of a docstring, cut at a word before ``limit`` characters."""
+    text = " ".join(doc.strip().split("\n\n")[0].split())
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(",;:(") + "..."
+
+
+def extra_marks(name: str, doc: str) -> tuple[str | None, str | None]:
+    """``(short_help, epilog)`` marking a command whose extra is not installed here.
+
+    ``(None, None)`` when the command needs no extra or its modules are importable. Otherwise
+    the command list says ``[needs the X extra]`` and the command's own --help ends with what
+    to install (checked with find_spec: nothing is imported).
+    """
+    if name not in COMMAND_EXTRAS:
+        return None, None
+    extra, modules = COMMAND_EXTRAS[name]
+    missing = missing_module(modules)
+    if missing is None:
+        return None, None
+    mark = f"[needs the {extra} extra]"
+    short_help = f"{mark} {_summary(doc, SHORT_HELP_CHARS - len(mark) - 1)}"
+    epilog = (f"Needs the [{extra}] extra, not installed here ({missing} is missing): "
+              f"{PIP_HINT.format(extra=extra)}.")
+    return short_help, epilog
+
+
 def _register(name: str) -> None:
     module = importlib.import_module(f"{__package__}.{name.replace('-', '_')}")
-    app.command(name)(reports_errors(module.command))
+    short_help, epilog = extra_marks(name, module.command.__doc__ or "")
+    app.command(name, short_help=short_help, epilog=epilog)(reports_errors(module.command))
 
 
 for _name in COMMANDS:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from ..home import default_model_name, models_dir
+from ._common import require
 
 DEFAULT_OUT = Path("bench-results")
 
@@ -116,6 +117,7 @@ def command(
         _profile(artefacts, out, threads or usable_cpus(), sts or default_sts(), quick)
         return
     require_matplotlib()  # fail before minutes of measuring, not after
+    require("bench", "embedrt bench", ("rich",))  # the progress bar
     options = BenchOptions(
         artefacts=artefacts, threads=threads or usable_cpus(), sts=sts or default_sts(), quick=quick,
         skip=tuple(skip or ()), argv=tuple(sys.argv),

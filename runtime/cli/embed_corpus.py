@@ -14,7 +14,7 @@ import typer
 
 from ..corpus import CorpusOptions, CorpusResult, Progress, embed_corpus
 from ..embedder import DEFAULT_BATCH_SIZE
-from ._common import CommandLineError, ModelOption, ThreadsOption, model_dir
+from ._common import CommandLineError, ModelOption, ThreadsOption, missing_module, model_dir
 
 _DEFAULTS = CorpusOptions()
 
@@ -102,7 +102,8 @@ def command(
         overwrite=overwrite,
         engine=engine.value, engine_options=engine_options,
     )
-    show = not quiet and sys.stderr.isatty()
+    # the bar needs rich ([corpus] brings it; the base install has no rich)
+    show = not quiet and sys.stderr.isatty() and missing_module(("rich",)) is None
     with _quiet_truncation(), _bar(show) as update:
         result = embed_corpus(inputs, out, model_dir(model), options, progress=update)
     typer.echo(summary(result))

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from ..home import artefact_dir
-from ._common import EXPORT_MODULES, ThreadsOption, require
+from ._common import EXPORT_MODULES, ThreadsOption, missing_module, require
 
 
 def command(
@@ -82,7 +82,7 @@ class _Progress:
         self._status: Any = None  # a rich Status, imported only on a terminal
 
     def __enter__(self) -> Callable[[str], None]:
-        if sys.stderr.isatty():
+        if sys.stderr.isatty() and missing_module(("rich",)) is None:  # [export] brings rich
             from rich.console import Console
 
             self._status = Console(stderr=True).status(self.title)
