@@ -11,7 +11,7 @@ from typing import Any
 
 from embedrt.export.errors import CatalogueMismatchError
 from embedrt.runtime.errors import MissingExtraError, SourceModelError
-from embedrt.runtime.manifest import POOLING_MODES
+from embedrt.runtime.manifest import POOLING_MODES, POOLING_SEPARATOR
 
 # The sentence-transformers stages export can reproduce, by class name. The module path
 # differs between releases (sentence_transformers.models.Pooling in 2.x-5.x,
@@ -20,18 +20,17 @@ TRANSFORMER_STAGE = "Transformer"
 POOLING_STAGE = "Pooling"
 NORMALIZE_STAGE = "Normalize"
 SUPPORTED_STAGES = (TRANSFORMER_STAGE, POOLING_STAGE, NORMALIZE_STAGE)
-# Older pooling configs set one boolean flag per mode; the manifest's name for each
-# (every name is one of the manifest's POOLING_MODES, the runtime's list).
+# Older pooling configs set one boolean flag per mode; the manifest's name for each (every
+# name is one of the manifest's POOLING_MODES, the runtime's list). Several set flags are
+# concatenated in this order, sentence-transformers' fixed one (cls, max, mean, ...).
 POOLING_FLAGS = {
-    "pooling_mode_mean_tokens": "mean",
     "pooling_mode_cls_token": "cls",
     "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
 }
-UNSUPPORTED_POOLING_FLAGS = (
-    "pooling_mode_mean_sqrt_len_tokens",
-    "pooling_mode_weightedmean_tokens",
-    "pooling_mode_lasttoken",
-)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -166,23 +165,29 @@ def _read_json(path: Path) -> Any:  # JSON of any shape: each caller checks the 
 
 
 def _read_pooling(config_file: Path) -> tuple[str, int]:
-    """Pooling mode and dimension, from either config layout sentence-transformers writes."""
+    """The manifest's pooling (modes joined by ``+``) and the pooled vector's dimension.
+
+    Both config layouts sentence-transformers writes, read as it reads them: ``pooling_mode``
+    (>= 5.4; a name or a list, concatenated in list order), else one boolean flag per mode
+    (concatenated in :data:`POOLING_FLAGS` order); no mode at all means mean.
+    """
     config = _read_json(config_file)
     if "pooling_mode" in config:  # sentence-transformers >= 5.4: {"pooling_mode": "mean", ...}
-        modes = [str(config["pooling_mode"])]
+        raw = config["pooling_mode"]
+        modes = [str(mode) for mode in raw] if isinstance(raw, list) else [str(raw)]
         dim = config.get("embedding_dimension", config.get("word_embedding_dimension"))
     else:  # earlier releases: one boolean flag per mode
-        modes = [name for flag, name in POOLING_FLAGS.items() if config.get(flag)]
-        modes += [flag for flag in UNSUPPORTED_POOLING_FLAGS if config.get(flag)]
+        modes = [name for flag, name in POOLING_FLAGS.items() if config.get(flag)] or ["mean"]
         dim = config.get("word_embedding_dimension")
-    if len(modes) != 1 or modes[0] not in POOLING_MODES:
+    unknown = [mode for mode in modes if mode not in POOLING_MODES]
+    if unknown or not modes:
         raise SourceModelError(
-            f"{config_file}: pooling {' + '.join(modes) or 'none'} cannot be reproduced by "
-            f"embedrt's runtime (supported: exactly one of {', '.join(POOLING_MODES)})"
+            f"{config_file}: pooling mode {(unknown or ['none'])[0]!r} cannot be reproduced by "
+            f"embedrt's runtime (supported: {', '.join(POOLING_MODES)}, or several of them)"
         )
     if not isinstance(dim, int):
         raise SourceModelError(f"{config_file}: no embedding dimension found")
-    return modes[0], dim
+    return POOLING_SEPARATOR.join(modes), dim * len(modes)
 
 
 def _max_seq_length(folder: Path, transformer_path: Path) -> int:

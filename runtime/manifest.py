@@ -22,12 +22,19 @@ from .errors import ArtefactError, ArtefactNotFoundError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMA_VERSIONS = (1, 2)
+# 3: prompts and default_prompt_name (a version-2 manifest has neither: no prompts).
+# 4: pooling modes beyond mean/cls/max and their combinations ("cls+mean"); a version-3
+#    manifest has one of those three.
+SCHEMA_VERSION = 4
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4)
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
-POOLING_MODES = ("mean", "cls", "max")  # the one list: export's source reading and pooling use it
+# The one list of pooling modes (sentence-transformers' names): export's source reading, the
+# manifest's check and the runtime's pooling use it. A manifest's ``pooling`` is one mode or
+# several joined by POOLING_SEPARATOR, in the order their vectors are concatenated.
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+POOLING_SEPARATOR = "+"
 
 JSONValue: TypeAlias = "str | int | float | bool | None | list[JSONValue] | dict[str, JSONValue]"
 _REEXPORT = "re-export the model with this embedrt version ('embedrt export')"
@@ -259,6 +266,23 @@ class ArtefactRecipe:
         )
 
 
+def pooling_modes(pooling: str) -> tuple[str, ...]:
+    """The modes of a manifest's ``pooling`` (``"cls+mean"`` -> ``("cls", "mean")``), in order.
+
+    Raises:
+        ValueError: a mode is not one of :data:`POOLING_MODES`.
+    """
+    modes = tuple(pooling.split(POOLING_SEPARATOR))
+    unknown = [mode for mode in modes if mode not in POOLING_MODES]
+    if unknown:
+        within = f" (in {pooling!r})" if len(modes) > 1 else ""
+        raise ValueError(
+            f"{unknown[0]!r}{within} is not one of {', '.join(POOLING_MODES)} "
+            f"(or several joined by {POOLING_SEPARATOR!r})"
+        )
+    return modes
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What an artefact directory holds and how to turn its graph's output into embeddings.
@@ -268,7 +292,8 @@ class Manifest:
         model_name: short name of the source model, e.g. ``all-MiniLM-L6-v2``.
         source: where the model came from.
         dim: embedding dimension.
-        pooling: one of :data:`POOLING_MODES` (``mean`` is attention-mask weighted).
+        pooling: one of :data:`POOLING_MODES` (``mean`` is attention-mask weighted), or
+            several joined by ``+`` (``cls+mean``): their vectors concatenated in that order.
         normalize: whether embeddings are L2-normalised.
         max_seq_length: token limit the source model applies (sentence-transformers'
             ``max_seq_length``); longer inputs are truncated or refused.
@@ -481,10 +506,10 @@ def _strings(
 
 
 def _check_values(manifest: Manifest, origin: str) -> None:
-    if manifest.pooling not in POOLING_MODES:
-        raise ArtefactError(
-            f"{_at(origin, 'pooling')}: {manifest.pooling!r} is not one of {', '.join(POOLING_MODES)}"
-        )
+    try:
+        pooling_modes(manifest.pooling)
+    except ValueError as err:
+        raise ArtefactError(f"{_at(origin, 'pooling')}: {err}") from err
     for name in ("dim", "max_seq_length"):
         value = getattr(manifest, name)
         if value <= 0:

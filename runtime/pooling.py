@@ -1,36 +1,91 @@
 """Pooling, normalisation and cosine similarity in numpy.
 
 Pooling is mask-aware: padding positions never contribute. (Averaging every position, as
-``last_hidden_state.mean(dim=1)`` does, is right only for a single unpadded sentence.)
+``last_hidden_state.mean(dim=1)`` does, is right only for a single unpadded sentence.) Each
+mode computes what sentence-transformers' ``Pooling`` module computes for it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from .manifest import pooling_modes
+
 FloatArray = npt.NDArray[np.float32]
+_Pooler = Callable[[FloatArray, npt.NDArray[Any]], FloatArray]
 
 
 def pool(hidden: npt.NDArray[Any], mask: npt.NDArray[Any], mode: str) -> FloatArray:
     """Pool per-token states ``(batch, seq, dim)`` into ``(batch, dim)`` using ``mask``.
 
+    ``mode`` is one of the manifest's pooling modes, or several joined by ``+``
+    (``cls+mean``): their vectors are concatenated in that order, giving
+    ``(batch, modes * dim)``, as sentence-transformers does for several modes.
+
     Raises:
-        ValueError: ``mode`` is not ``mean``, ``cls`` or ``max``.
+        ValueError: a mode is not one of :data:`~embedrt.runtime.manifest.POOLING_MODES`.
     """
+    poolers = [_POOLERS[name] for name in pooling_modes(mode)]
     hidden = hidden.astype(np.float32, copy=False)
-    if mode == "mean":
-        weights = mask.astype(np.float32)[:, :, None]
-        counts = np.maximum(weights.sum(axis=1), 1e-9)
-        return (hidden * weights).sum(axis=1) / counts  # type: ignore[no-any-return]
-    if mode == "cls":
-        return np.ascontiguousarray(hidden[:, 0, :])
-    if mode == "max":
-        masked = np.where(mask[:, :, None].astype(bool), hidden, np.float32(-1e9))
-        return masked.max(axis=1)  # type: ignore[no-any-return]
-    raise ValueError(f"pooling mode {mode!r} is not one of mean, cls, max")
+    vectors = [pooler(hidden, mask) for pooler in poolers]
+    return vectors[0] if len(vectors) == 1 else np.concatenate(vectors, axis=1)
+
+
+def _masked_sum(hidden: FloatArray, mask: npt.NDArray[Any]) -> tuple[FloatArray, FloatArray]:
+    """Sum of the unmasked states and the token count (floored at 1e-9), per row."""
+    weights = mask.astype(np.float32)[:, :, None]
+    return (hidden * weights).sum(axis=1), np.maximum(weights.sum(axis=1), np.float32(1e-9))
+
+
+def _mean(hidden: FloatArray, mask: npt.NDArray[Any]) -> FloatArray:
+    total, count = _masked_sum(hidden, mask)
+    return total / count
+
+
+def _mean_sqrt_len(hidden: FloatArray, mask: npt.NDArray[Any]) -> FloatArray:
+    total, count = _masked_sum(hidden, mask)
+    return (total / np.sqrt(count)).astype(np.float32, copy=False)
+
+
+def _weighted_mean(hidden: FloatArray, mask: npt.NDArray[Any]) -> FloatArray:
+    # Position p (from 0 over the padded row) weighs p + 1: later tokens count more.
+    positions = np.arange(1, hidden.shape[1] + 1, dtype=np.float32)
+    weights = (mask.astype(np.float32) * positions)[:, :, None]
+    total = (hidden * weights).sum(axis=1)
+    return total / np.maximum(weights.sum(axis=1), np.float32(1e-9))  # type: ignore[no-any-return]
+
+
+def _cls(hidden: FloatArray, mask: npt.NDArray[Any]) -> FloatArray:
+    # The first unmasked position: 0 with right padding, as sentence-transformers takes it.
+    first = mask.astype(bool).argmax(axis=1)
+    return np.ascontiguousarray(hidden[np.arange(len(hidden)), first])
+
+
+def _last_token(hidden: FloatArray, mask: npt.NDArray[Any]) -> FloatArray:
+    # The last unmasked position; a row with none gives zeros (sentence-transformers' rule).
+    present = mask.astype(bool)
+    last = hidden.shape[1] - 1 - present[:, ::-1].argmax(axis=1)
+    rows = np.arange(len(hidden))
+    return hidden[rows, last] * present[rows, last, None].astype(np.float32)  # type: ignore[no-any-return]
+
+
+def _max(hidden: FloatArray, mask: npt.NDArray[Any]) -> FloatArray:
+    masked = np.where(mask[:, :, None].astype(bool), hidden, np.float32(-1e9))
+    return masked.max(axis=1)  # type: ignore[no-any-return]
+
+
+_POOLERS: dict[str, _Pooler] = {
+    "mean": _mean,
+    "cls": _cls,
+    "max": _max,
+    "mean_sqrt_len_tokens": _mean_sqrt_len,
+    "weightedmean": _weighted_mean,
+    "lasttoken": _last_token,
+}
 
 
 def l2_normalize(vectors: npt.NDArray[Any]) -> FloatArray:

@@ -67,11 +67,8 @@ def test_refuses_a_dense_stage_naming_it(
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"embedding_dimension": 32, "pooling_mode": "lasttoken"}, "pooling lasttoken cannot be reproduced"),
-        (
-            {"word_embedding_dimension": 32, "pooling_mode_mean_sqrt_len_tokens": True},
-            "pooling pooling_mode_mean_sqrt_len_tokens cannot be reproduced",
-        ),
+        ({"embedding_dimension": 32, "pooling_mode": "attention"}, "pooling mode 'attention' cannot be"),
+        ({"embedding_dimension": 32, "pooling_mode": ["mean", "median"]}, "pooling mode 'median' cannot be"),
     ],
 )
 def test_refuses_unsupported_pooling(
