@@ -18,6 +18,7 @@ from embedrt.export.optimise import optimise
 from embedrt.export.options import ExportOptions
 from embedrt.export.parity import compare, reference_embeddings, validation_sentences
 from embedrt.export.source import SourceModel, check_catalogue, read_source, resolve_source
+from embedrt.export.stages import dense_stages, write_dense_weights
 from embedrt.export.variants import BUILD_OPTIMISED, BUILD_QUANTISED, Variant, get_variant
 from embedrt.runtime.errors import EmbedrtError, MissingExtraError, ParityError
 from embedrt.runtime.home import artefact_dir
@@ -89,6 +90,7 @@ def export_model(
     with _staging_dir(target) as staging:
         step(f"exporting {model.name} to ONNX")
         inputs = _export_onnx(model, staging, options.opset)
+        write_dense_weights(model, staging)
         # The fp32 manifest first: quantisation's accuracy search loads trial artefacts.
         _write_manifest(model, variant, staging, inputs, EXPORTED_RECIPE)
         recipe = _build_variant(variant, staging, model, options, step)
@@ -213,10 +215,14 @@ def _write_manifest(
         pad_token_id=_pad_token_id(staging / TOKENIZER_FILE),
         variant=variant.name,
         recipe=recipe,
-        files={name: sha256_file(staging / name) for name in (MODEL_FILE, TOKENIZER_FILE)},
+        files={
+            name: sha256_file(staging / name)
+            for name in (MODEL_FILE, TOKENIZER_FILE, *(stage.file for stage in dense_stages(model)))
+        },
         versions=_versions(),
         parity=report,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        dense=dense_stages(model),
     )
     manifest.save(staging)
     return manifest

@@ -19,7 +19,9 @@ from embedrt.runtime.manifest import POOLING_MODES, POOLING_SEPARATOR
 TRANSFORMER_STAGE = "Transformer"
 POOLING_STAGE = "Pooling"
 NORMALIZE_STAGE = "Normalize"
-SUPPORTED_STAGES = (TRANSFORMER_STAGE, POOLING_STAGE, NORMALIZE_STAGE)
+DENSE_STAGE = "Dense"
+SUPPORTED_STAGES = (TRANSFORMER_STAGE, POOLING_STAGE, DENSE_STAGE, NORMALIZE_STAGE)
+STAGE_ORDER = "Transformer, Pooling, any number of Dense, then Normalize or nothing"
 # Older pooling configs set one boolean flag per mode; the manifest's name for each (every
 # name is one of the manifest's POOLING_MODES, the runtime's list). Several set flags are
 # concatenated in this order, sentence-transformers' fixed one (cls, max, mean, ...).
@@ -31,7 +33,27 @@ POOLING_FLAGS = {
     "pooling_mode_weightedmean_tokens": "weightedmean",
     "pooling_mode_lasttoken": "lasttoken",
 }
+# A Dense stage's activation_function (a torch.nn class, made with its defaults) by class
+# name -> the manifest's name (one of the runtime's DENSE_ACTIVATIONS; a test checks).
+# Without the key: Tanh, Dense's default.
+DENSE_ACTIVATION_CLASSES = {
+    "Identity": "identity", "Tanh": "tanh", "ReLU": "relu", "Sigmoid": "sigmoid", "GELU": "gelu",
+}
+DENSE_DEFAULT_ACTIVATION = "torch.nn.modules.activation.Tanh"
+DENSE_VECTOR = "sentence_embedding"  # the only features key a Dense stage may read and write
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class DenseSource:
+    """A Dense stage of the source: its folder's weights file and config."""
+
+    path: Path
+    weights_file: Path
+    in_features: int
+    out_features: int
+    bias: bool
+    activation: str
 
 
 @dataclass(frozen=True)
@@ -46,6 +68,7 @@ class SourceModel:
     normalize: bool
     max_seq_length: int
     dim: int
+    dense: tuple[DenseSource, ...] = ()
 
 
 def catalogue() -> dict[str, Any]:  # JSON data; entries are read field by field below
@@ -128,6 +151,7 @@ def read_source(folder: Path, name: str) -> SourceModel:
         )
     stages = _read_json(modules_file)
     by_type: dict[str, dict[str, Any]] = {}  # modules.json entries: JSON, read field by field
+    kinds = []
     for stage in stages:
         full_type = str(stage.get("type", "?"))
         kind = full_type.rsplit(".", 1)[-1]
@@ -135,15 +159,23 @@ def read_source(folder: Path, name: str) -> SourceModel:
             raise SourceModelError(
                 f"{folder}: stage {stage.get('idx', '?')} ({full_type}, path {stage.get('path')!r}) "
                 "cannot be reproduced by embedrt's runtime; supported stages are "
-                "Transformer, Pooling and Normalize"
+                "Transformer, Pooling, Dense and Normalize"
             )
         by_type[kind] = stage
+        kinds.append(kind)
     for required in (TRANSFORMER_STAGE, POOLING_STAGE):
         if required not in by_type:
             raise SourceModelError(f"{folder}: modules.json has no {required} stage")
+    _check_stage_order(folder, kinds)
     _check_prompts(folder)
     transformer_path = folder / by_type[TRANSFORMER_STAGE].get("path", "")
     pooling, dim = _read_pooling(folder / by_type[POOLING_STAGE]["path"] / "config.json")
+    dense = tuple(
+        _read_dense(folder / str(stage.get("path", "")))
+        for stage, kind in zip(stages, kinds, strict=True)
+        if kind == DENSE_STAGE
+    )
+    dim = _check_dense_chain(folder, dense, dim)
     return SourceModel(
         path=folder,
         name=name,
@@ -154,6 +186,7 @@ def read_source(folder: Path, name: str) -> SourceModel:
         normalize=NORMALIZE_STAGE in by_type,
         max_seq_length=_max_seq_length(folder, transformer_path),
         dim=dim,
+        dense=dense,
     )
 
 
@@ -188,6 +221,62 @@ def _read_pooling(config_file: Path) -> tuple[str, int]:
     if not isinstance(dim, int):
         raise SourceModelError(f"{config_file}: no embedding dimension found")
     return POOLING_SEPARATOR.join(modes), dim * len(modes)
+
+
+def _check_stage_order(folder: Path, kinds: list[str]) -> None:
+    """Transformer, Pooling, Dense..., then an optional Normalize: the order the runtime runs."""
+    rest = kinds[2:]
+    if rest and rest[-1] == NORMALIZE_STAGE:
+        rest = rest[:-1]
+    if kinds[:2] != [TRANSFORMER_STAGE, POOLING_STAGE] or any(kind != DENSE_STAGE for kind in rest):
+        raise SourceModelError(
+            f"{folder}: modules.json stages {' -> '.join(kinds)} cannot be reproduced by "
+            f"embedrt's runtime, which runs {STAGE_ORDER}"
+        )
+
+
+def _read_dense(path: Path) -> DenseSource:
+    """A Dense stage's config and weights file, checked for what the runtime reproduces."""
+    config = _read_json(path / "config.json")
+    for key in ("module_input_name", "module_output_name"):
+        if config.get(key, DENSE_VECTOR) != DENSE_VECTOR:
+            raise SourceModelError(
+                f"{path / 'config.json'}: {key} is {config[key]!r}; embedrt's runtime applies Dense "
+                f"stages to the pooled vector ({DENSE_VECTOR!r}) only"
+            )
+    activation = str(config.get("activation_function", DENSE_DEFAULT_ACTIVATION))
+    module, _, class_name = activation.rpartition(".")
+    if not module.startswith("torch.nn") or class_name not in DENSE_ACTIVATION_CLASSES:
+        raise SourceModelError(
+            f"{path / 'config.json'}: activation_function {activation!r} cannot be reproduced by "
+            f"embedrt's runtime (supported: torch.nn {', '.join(DENSE_ACTIVATION_CLASSES)})"
+        )
+    sizes = [config.get(key) for key in ("in_features", "out_features")]
+    if not all(isinstance(size, int) and size > 0 for size in sizes):
+        raise SourceModelError(
+            f"{path / 'config.json'}: in_features and out_features must be positive integers"
+        )
+    return DenseSource(
+        path=path,
+        weights_file=_weights_file(path),
+        in_features=int(config["in_features"]),
+        out_features=int(config["out_features"]),
+        bias=bool(config.get("bias", True)),
+        activation=DENSE_ACTIVATION_CLASSES[class_name],
+    )
+
+
+def _check_dense_chain(folder: Path, dense: tuple[DenseSource, ...], pooled_dim: int) -> int:
+    """Each Dense stage takes what the one before gives; returns the final dimension."""
+    dim = pooled_dim
+    for stage in dense:
+        if stage.in_features != dim:
+            raise SourceModelError(
+                f"{stage.path}: in_features {stage.in_features} does not match the {dim} dimensions "
+                f"the stage before it gives ({folder})"
+            )
+        dim = stage.out_features
+    return dim
 
 
 def _max_seq_length(folder: Path, transformer_path: Path) -> int:

@@ -17,6 +17,7 @@ from .cpus import usable_cpus, warn_missing_cpu_flags
 from .errors import ArtefactError, ArtefactNotFoundError, InputTooLongError, Param
 from .manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, sha256_file
 from .pooling import FloatArray, l2_normalize, pool
+from .stages import DenseLayer, apply_dense
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,15 @@ class Embedder:
         batch_size: int,
         pad_to_multiple_of: int = 1,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        *,
+        dense: Sequence[DenseLayer] = (),
     ) -> None:
+        if len(dense) != len(manifest.dense):
+            raise ValueError(
+                f"the manifest lists {len(manifest.dense)} Dense stage(s), {len(dense)} given; "
+                "build the Embedder with Embedder.load, which loads them"
+            )
+        self._dense = tuple(dense)
         self.manifest = manifest
         self.max_batch_tokens = max_batch_tokens
         self.threads = threads
@@ -113,6 +122,10 @@ class Embedder:
         )
         model_path = _artefact_file(directory, MODEL_FILE, manifest, verify)
         tokenizer_path = _artefact_file(directory, TOKENIZER_FILE, manifest, verify)
+        dense = [
+            DenseLayer.load(_artefact_file(directory, stage.file, manifest, verify), stage)
+            for stage in manifest.dense
+        ]
         thread_count = threads or usable_cpus()
         session = _open_session(model_path, thread_count, spin)
         _check_graph(session, manifest, model_path)
@@ -120,7 +133,7 @@ class Embedder:
         warn_missing_cpu_flags(manifest.recipe.requires_cpu_flags, str(directory))
         return cls(
             manifest, session, tokenizer, untruncated, thread_count, batch_size, pad_to_multiple_of,
-            max_batch_tokens,
+            max_batch_tokens, dense=dense,
         )
 
     @property
@@ -233,7 +246,7 @@ class Embedder:
         if "token_type_ids" in self.manifest.inputs:
             feeds["token_type_ids"] = np.zeros_like(ids)
         hidden = self._session.run([self.manifest.output], feeds)[0]
-        pooled = pool(hidden, mask, self.manifest.pooling)
+        pooled = apply_dense(self._dense, pool(hidden, mask, self.manifest.pooling))
         return l2_normalize(pooled) if self.manifest.normalize else pooled
 
 

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 # 3: prompts and default_prompt_name (a version-2 manifest has neither: no prompts).
-# 4: pooling modes beyond mean/cls/max and their combinations ("cls+mean"); a version-3
-#    manifest has one of those three.
+# 4: Dense stages after pooling (``dense``), pooling modes beyond mean/cls/max and their
+#    combinations ("cls+mean"); a version-3 manifest has no Dense stage and one of those three.
 SCHEMA_VERSION = 4
 READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4)
 MANIFEST_FILE = "manifest.json"
@@ -35,6 +35,8 @@ TOKENIZER_FILE = "tokenizer.json"
 # several joined by POOLING_SEPARATOR, in the order their vectors are concatenated.
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 POOLING_SEPARATOR = "+"
+# Activations a Dense stage may apply (runtime/stages.py implements each).
+DENSE_ACTIVATIONS = ("identity", "tanh", "relu", "sigmoid", "gelu")
 
 JSONValue: TypeAlias = "str | int | float | bool | None | list[JSONValue] | dict[str, JSONValue]"
 _REEXPORT = "re-export the model with this embedrt version ('embedrt export')"
@@ -266,6 +268,52 @@ class ArtefactRecipe:
         )
 
 
+@dataclass(frozen=True)
+class DenseStage:
+    """A sentence-transformers ``Dense`` stage, applied to the pooled vector.
+
+    ``activation(vector @ weight.T + bias)``, weights stored in the artefact (``file``, an
+    ``.npz`` holding ``weight`` of shape ``(out_features, in_features)`` and, with ``bias``,
+    ``bias`` of shape ``(out_features,)``); the file's sha256 is in the manifest's ``files``.
+
+    Attributes:
+        file: the weights file's name in the artefact directory.
+        in_features / out_features: input and output dimensions.
+        bias: whether the layer adds a bias.
+        activation: one of :data:`DENSE_ACTIVATIONS`.
+    """
+
+    file: str
+    in_features: int
+    out_features: int
+    bias: bool
+    activation: str
+
+    @classmethod
+    def from_dict(cls, data: object, where: str) -> DenseStage:
+        """Validate ``data`` (``where`` names it in errors).
+
+        Raises:
+            ArtefactError: a missing field, a field of the wrong type or an unknown activation.
+        """
+        d = _object(data, where)
+        stage = cls(
+            file=_str(d, "file", where),
+            in_features=_int(d, "in_features", where),
+            out_features=_int(d, "out_features", where),
+            bias=_bool(d, "bias", where),
+            activation=_str(d, "activation", where),
+        )
+        if stage.activation not in DENSE_ACTIVATIONS:
+            raise ArtefactError(
+                f"{_at(where, 'activation')}: {stage.activation!r} is not one of "
+                f"{', '.join(DENSE_ACTIVATIONS)}; {_REEXPORT}"
+            )
+        if min(stage.in_features, stage.out_features) <= 0:
+            raise ArtefactError(f"{where}: in_features and out_features must be positive")
+        return stage
+
+
 def pooling_modes(pooling: str) -> tuple[str, ...]:
     """The modes of a manifest's ``pooling`` (``"cls+mean"`` -> ``("cls", "mean")``), in order.
 
@@ -294,7 +342,7 @@ class Manifest:
         dim: embedding dimension.
         pooling: one of :data:`POOLING_MODES` (``mean`` is attention-mask weighted), or
             several joined by ``+`` (``cls+mean``): their vectors concatenated in that order.
-        normalize: whether embeddings are L2-normalised.
+        normalize: whether embeddings are L2-normalised (after the ``dense`` stages).
         max_seq_length: token limit the source model applies (sentence-transformers'
             ``max_seq_length``); longer inputs are truncated or refused.
         inputs: the ONNX graph's input names, in graph order.
@@ -305,6 +353,8 @@ class Manifest:
         versions: library versions used at export.
         parity: agreement with the torch reference measured at export; None when export
             did not check.
+        dense: Dense stages applied after pooling, in order (then normalisation); ``dim`` is
+            the last one's ``out_features``.
     """
 
     model_name: str
@@ -322,6 +372,7 @@ class Manifest:
     versions: Mapping[str, str] = field(default_factory=dict)
     parity: ParityReport | None = None
     created_at: str = ""
+    dense: tuple[DenseStage, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, JSONValue]:
@@ -380,6 +431,10 @@ class Manifest:
             versions={k: _str(versions, k, _at(origin, "versions")) for k in versions},
             parity=None if parity is None else ParityReport.from_dict(parity, _at(origin, "parity")),
             created_at=_str(d, "created_at", origin, default=""),
+            dense=tuple(
+                DenseStage.from_dict(stage, _at(origin, f"dense[{i}]"))
+                for i, stage in enumerate(_list(d, "dense", origin))
+            ),
         )
         _check_values(manifest, origin)
         return manifest
@@ -505,17 +560,40 @@ def _strings(
     return tuple(value)
 
 
+def _list(d: Mapping[str, object], name: str, where: str) -> list[JSONValue]:
+    """An optional list field (absent: empty)."""
+    value = d.get(name, [])
+    if not isinstance(value, list):
+        raise _wrong_type(_at(where, name), "a list", value)
+    return value
+
+
 def _check_values(manifest: Manifest, origin: str) -> None:
     try:
         pooling_modes(manifest.pooling)
     except ValueError as err:
         raise ArtefactError(f"{_at(origin, 'pooling')}: {err}") from err
+    _check_dense(manifest, origin)
     for name in ("dim", "max_seq_length"):
         value = getattr(manifest, name)
         if value <= 0:
             raise ArtefactError(f"{_at(origin, name)} must be positive, got {value}")
     if not manifest.inputs:
         raise ArtefactError(f"{_at(origin, 'inputs')} must be a non-empty list of names")
+
+
+def _check_dense(manifest: Manifest, origin: str) -> None:
+    """Each Dense stage's file is checksummed, and the stages chain into ``dim``."""
+    for i, stage in enumerate(manifest.dense):
+        where = _at(origin, f"dense[{i}]")
+        if stage.file not in manifest.files:
+            raise ArtefactError(f"{where}: its file {stage.file!r} has no sha256 in 'files'; {_REEXPORT}")
+        following = manifest.dense[i + 1].in_features if i + 1 < len(manifest.dense) else manifest.dim
+        if stage.out_features != following:
+            raise ArtefactError(
+                f"{where}: out_features {stage.out_features} does not match what follows it "
+                f"({following}: the next stage's in_features, or dim); {_REEXPORT}"
+            )
 
 
 def _jsonable(record: object) -> dict[str, JSONValue]:

@@ -53,13 +53,13 @@ def test_distilbert_has_no_token_type_ids(tiny_distilbert: Path) -> None:
     assert (manifest.pooling, manifest.normalize) == ("cls", False)
 
 
-def test_refuses_a_dense_stage_naming_it(
+def test_refuses_an_unknown_stage_naming_it(
     tiny_sources: dict[str, Path], tiny_models: ModuleType, tmp_path: Path
 ) -> None:
     source = tiny_models.add_stage(
-        tiny_sources["bert"], tmp_path / "with-dense", "sentence_transformers.models.Dense"
+        tiny_sources["bert"], tmp_path / "with-layernorm", "sentence_transformers.models.LayerNorm"
     )
-    with pytest.raises(SourceModelError, match=r"stage 3 \(sentence_transformers.models.Dense"):
+    with pytest.raises(SourceModelError, match=r"stage 3 \(sentence_transformers.models.LayerNorm"):
         export_model(source, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

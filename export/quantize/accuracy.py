@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from embedrt.export.errors import AccuracyTargetError
-from embedrt.runtime.manifest import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, QuantisationRecord
+from embedrt.export.stages import companion_files
+from embedrt.runtime.manifest import MODEL_FILE, QuantisationRecord
 from embedrt.runtime.pooling import row_cosines
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class _Trial:
         self.sentences, self.reference = sentences, reference
         self.dir = scratch / "trial"
         self.dir.mkdir()
-        for name in (TOKENIZER_FILE, MANIFEST_FILE):
+        for name in companion_files(staging):  # tokenizer, manifest, Dense weights
             shutil.copyfile(staging / name, self.dir / name)
         self.out = self.dir / MODEL_FILE
         self.count = 0

@@ -176,8 +176,9 @@ def choose_scales(fp32_model: Path, recipe: Recipe, feeds: Sequence[Feed], texts
         PatternMismatchError: a block does not match its pattern.
     """
     from embedrt.export.quantize.pipeline import quantize
+    from embedrt.export.stages import companion_files
     from embedrt.runtime.embedder import Embedder
-    from embedrt.runtime.manifest import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE
+    from embedrt.runtime.manifest import MODEL_FILE
     from embedrt.runtime.pooling import row_cosines
 
     if recipe.activation_scales != SCALES_AUTO:
@@ -189,7 +190,7 @@ def choose_scales(fp32_model: Path, recipe: Recipe, feeds: Sequence[Feed], texts
         dirs = {kind: Path(scratch) / kind for kind in ("fp32", "static")}
         for directory in dirs.values():
             directory.mkdir()
-            for name in (TOKENIZER_FILE, MANIFEST_FILE):
+            for name in companion_files(fp32_model.parent):  # tokenizer, manifest, Dense weights
                 shutil.copyfile(fp32_model.parent / name, directory / name)
         (dirs["fp32"] / MODEL_FILE).symlink_to(fp32_model.resolve())
         quantize(fp32_model, dirs["static"] / MODEL_FILE, static, calibration=feeds)
