@@ -23,8 +23,9 @@ class ExportOptions:
         check: measure parity against torch and fail beyond the variant's tolerance.
         opset: ONNX opset (a positive integer); None lets the exporter choose.
         threads: onnxruntime threads for the parity check (>= 1); None = the usable CPUs.
-        isa: CPU the quantised recipe targets (avx512_vnni, avx_vnni, avx512, avx2, arm64);
-            None detects this machine's.
+        isa: x86 CPU the quantised recipe targets (avx512_vnni, avx_vnni, avx512, avx2);
+            None detects this machine's. arm64 has no target of its own: it runs the
+            avx512_vnni file (an ARM machine exports that one), one int8 file for both.
         min_cosine: for quantised variants, keep the most sensitive nodes in float until the
             minimum per-sentence cosine to torch on the calibration sentences reaches this
             (0 to 1).

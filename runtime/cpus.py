@@ -1,4 +1,4 @@
-"""How many CPUs this process may actually use.
+"""How many CPUs this process may actually use, and whether they suit an artefact.
 
 A container limited to two CPUs on a 64-core host reports 64 from ``os.cpu_count()``;
 sizing thread pools from that oversubscribes the quota and runs several times slower.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import platform
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -57,20 +58,67 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+# The x86 flags export writes into requires_cpu_flags (export.quantize.recipe.TARGET_ISAS).
+# An int8 dot product (either VNNI) is what matters: without one, onnxruntime's u8 x s8 kernels
+# add pairs of products in 16 bits (vpmaddubsw), which saturates. The vector widths only pick
+# among kernels that compute the same sums (and the narrower target's export writes the same
+# graph), so a CPU lacking them needs nothing else.
+_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
+_WIDTH_FLAGS = frozenset({"avx512f", "avx512bw", "avx2"})
+_X86_FLAGS = _DOT_PRODUCT_FLAGS | _WIDTH_FLAGS
+
+_NO_VNNI = (
+    "%s was quantised for CPUs with an int8 dot product (avx512_vnni or avx_vnni), which "
+    "this CPU lacks: onnxruntime's u8 x s8 kernels then add pairs of products in "
+    "16 bits, which can saturate (less accurate embeddings, onnxruntime#6004) and run barely "
+    "faster than fp32 (bert-base int8: 1.08x without VNNI, 1.59x with, onnxruntime#6695). "
+    "Use an fp32 artefact, or an int8 one exported with --isa avx2 (u8 weights: no "
+    "saturation); exporting needs the [export] extra (torch) and can run on any x86 machine."
+)
+_UNKNOWN = (
+    "%s was built for CPU features this CPU lacks (%s); it will run on onnxruntime's kernels "
+    "for older CPUs, whose speed and accuracy embedrt has not measured."
+)
+
+
+def is_arm() -> bool:
+    """Whether this is an ARM CPU (aarch64 or 32-bit ARM), by the machine name."""
+    machine = platform.machine().lower()
+    return machine in ("arm64", "aarch64") or machine.startswith("arm")
+
+
 def warn_missing_cpu_flags(required: Iterable[str], artefact: str) -> tuple[str, ...]:
-    """Log one warning when an artefact needs CPU flags this CPU lacks.
+    """Log one warning when this CPU lacks a feature that changes the artefact's results or speed.
+
+    - On ARM the x86 flags are moot: onnxruntime's ARM kernels (NEON, with or without the dot
+      product) run the same int8 graph without 16-bit saturation (one int8 file serves x86
+      with VNNI and arm64; .ci/arm64/run checks its vectors against x86's).
+    - On x86, an artefact that needs VNNI warns when the CPU has neither avx512_vnni nor
+      avx_vnni, with the measured consequence and the fix; missing vector widths alone
+      (avx512f, avx512bw) change nothing the user could do better and are not reported.
+    - Any other missing flag gets a plain warning naming it.
 
     One warning per call: :meth:`Embedder.load` calls it once per model it loads (no
     process-wide memory of what was already said).
 
-    Returns the missing flags (empty when the CPU has them all or cannot be read).
+    Returns the missing flags warned about (empty when none, or when the CPU cannot be read).
     """
     available = cpu_flags()
-    missing = tuple(sorted(flag for flag in required if flag not in available)) if available else ()
+    if not available:
+        return ()
+    wanted = set(required)
+    if is_arm():
+        wanted -= _X86_FLAGS
+    elif wanted & _DOT_PRODUCT_FLAGS:
+        if available & _DOT_PRODUCT_FLAGS:
+            wanted -= _X86_FLAGS
+        else:
+            missing = tuple(sorted(wanted & _DOT_PRODUCT_FLAGS))
+            logger.warning(_NO_VNNI, artefact)
+            return missing
+    else:
+        wanted -= {"avx512f", "avx512bw"}  # u8-weight graphs: the avx2 target writes the same
+    missing = tuple(sorted(flag for flag in wanted if flag not in available))
     if missing:
-        logger.warning(
-            "%s was built for CPU features this CPU lacks (%s); it will run, but may be slow "
-            "or, for int8 without VNNI, less accurate. Export it on this machine for a matching recipe.",
-            artefact, ", ".join(missing),
-        )
+        logger.warning(_UNKNOWN, artefact, ", ".join(missing))
     return missing

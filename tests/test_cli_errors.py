@@ -83,8 +83,15 @@ def corrupt(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 def test_export_unknown_isa_fails_before_torch_naming_the_choices() -> None:
     # torch & co are unimportable here: reaching them would fail differently (a missing extra).
     line = assert_one_line_error(run_cli("export", "--variant", "int8", "--isa", "sse2", blocked=HEAVY),
-                                 "sse2", "avx512_vnni", "avx2", "arm64")
-    assert "[export]" not in line
+                                 "sse2", "avx512_vnni", "avx2")
+    assert "[export]" not in line and "arm64" not in line
+
+
+def test_export_isa_arm64_is_gone_and_says_which_file_arm64_runs() -> None:
+    # --isa arm64 wrote the avx512_vnni model.onnx byte for byte: the label is dropped (issue 14).
+    assert_one_line_error(run_cli("export", "--variant", "int8", "--isa", "arm64", blocked=HEAVY),
+                          "--isa 'arm64' is not a known target", "runs the avx512_vnni int8 file",
+                          "one file serves x86 with VNNI and arm64")
 
 
 def test_export_unknown_variant_fails_before_torch_naming_the_choices() -> None:

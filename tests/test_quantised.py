@@ -237,6 +237,20 @@ def test_unknown_isa_fails_when_the_options_are_built() -> None:
         ExportOptions("int8", isa="sse2")
 
 
+def test_arm_machines_export_the_vnni_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One int8 file serves x86 with VNNI and arm64: an ARM machine's default recipe is the
+    # avx512_vnni one (s8 weights), whatever /proc/cpuinfo says; arm64 is no --isa choice.
+    from embedrt.runtime import cpus
+
+    assert "arm64" not in quantize.ISAS
+    monkeypatch.setattr(cpus.platform, "machine", lambda: "aarch64")
+    assert quantize.detect_isa() == "avx512_vnni"
+    assert quantize.recipe_for("int8") == quantize.recipe_for("int8", "avx512_vnni")
+    assert quantize.recipe_for("int8").weight_type == "s8"
+    with pytest.raises(UnknownISAError, match=r"arm64 needs no target of its own: it runs the avx512_vnni"):
+        ExportOptions("int8", isa="arm64")
+
+
 def test_recipe_for_names_the_keyword() -> None:
     with pytest.raises(UnknownISAError) as raised:
         quantize.recipe_for("int8", "sse2")

@@ -1,18 +1,21 @@
 """Recipes: how each quantised variant is built, for which CPU. Data, written into the manifest.
 
-Importing this module is cheap (no numpy, onnx or onnxruntime): export's options validate
+Importing this module is cheap (no torch or onnx): export's options validate
 the target ISA against :data:`ISAS` before any heavy work starts.
+
+The targets are x86 ones. arm64 has none of its own: one int8 file serves x86 with VNNI and
+arm64 (see :data:`ARM_ISA`).
 """
 
 from __future__ import annotations
 
-import platform
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from embedrt.export.errors import UnknownISAError, UnknownVariantError
 from embedrt.export.variants import BUILD_QUANTISED
 from embedrt.export.variants import VARIANTS as ALL_VARIANTS
+from embedrt.runtime.cpus import cpu_flags, is_arm
 from embedrt.runtime.errors import Param
 
 if TYPE_CHECKING:
@@ -40,10 +43,10 @@ class TargetISA:
 
     Attributes:
         name: the name used by ``--isa`` and in the manifest.
-        cpu_flags: the /proc/cpuinfo flags its kernels need (the runtime warns at load when
-            this CPU lacks one).
-        dot_product: int8 dot-product instructions (VNNI, arm64 sdot/udot): u8 x s8 kernels
-            do not saturate 16-bit sums there, so weights can be s8.
+        cpu_flags: the x86 /proc/cpuinfo flags its kernels need (the runtime checks them at
+            load; see ``embedrt.runtime.cpus.warn_missing_cpu_flags``).
+        dot_product: int8 dot-product instructions (VNNI): u8 x s8 kernels do not saturate
+            16-bit sums there, so weights can be s8.
     """
 
     name: str
@@ -51,17 +54,22 @@ class TargetISA:
     dot_product: bool
 
 
-# In detection order: the first whose flags this CPU has is its ISA (arm64 by machine name).
+# In detection order: the first whose flags this CPU has is its ISA.
 TARGET_ISAS: tuple[TargetISA, ...] = (
-    TargetISA("arm64", (), dot_product=True),
     TargetISA("avx512_vnni", ("avx512f", "avx512bw", "avx512_vnni"), dot_product=True),
     TargetISA("avx_vnni", ("avx2", "avx_vnni"), dot_product=True),
     TargetISA("avx512", ("avx512f", "avx512bw"), dot_product=False),
     TargetISA("avx2", ("avx2",), dot_product=False),
 )
-ISAS = ("avx512_vnni", "avx_vnni", "avx512", "avx2", "arm64")
+ISAS = tuple(isa.name for isa in TARGET_ISAS)
 _BY_NAME = {isa.name: isa for isa in TARGET_ISAS}
 _FALLBACK_ISA = "avx2"  # an x86 CPU whose flags cannot be read: the oldest target
+# What an ARM machine exports, and what arm64 runs: the s8 graph made for x86 with VNNI.
+# onnxruntime's ARM kernels (NEON, with or without the dot product) sum u8 x s8 products
+# without 16-bit saturation, and the former ``--isa arm64`` wrote this same model.onnx byte
+# for byte (only the manifest's label differed), so there is no arm64 recipe: one int8 file
+# serves x86 with VNNI and arm64 (.ci/arm64/run checks its vectors on emulated arm64).
+ARM_ISA = "avx512_vnni"
 
 
 @dataclass(frozen=True)
@@ -125,16 +133,17 @@ def cpu_features() -> dict[str, bool]:
 
     Never raises: flags that cannot be read count as absent.
     """
-    from embedrt.runtime.cpus import cpu_flags  # the same reading the runtime checks at load
-
-    flags = cpu_flags()
-    features = {isa.name: bool(isa.cpu_flags) and set(isa.cpu_flags) <= flags for isa in TARGET_ISAS}
-    features["arm64"] = _is_arm()
-    return features
+    flags = cpu_flags()  # the same reading the runtime checks at load
+    return {isa.name: set(isa.cpu_flags) <= flags for isa in TARGET_ISAS}
 
 
 def detect_isa() -> str:
-    """This CPU's target: the first of :data:`TARGET_ISAS` it supports (``avx2`` when none)."""
+    """This CPU's target: :data:`ARM_ISA` on ARM, else the first of :data:`TARGET_ISAS` it supports.
+
+    ``avx2`` when it supports none (or its flags cannot be read).
+    """
+    if is_arm():
+        return ARM_ISA
     features = cpu_features()
     return next((isa.name for isa in TARGET_ISAS if features[isa.name]), _FALLBACK_ISA)
 
@@ -267,13 +276,15 @@ def _target(isa: str) -> TargetISA:
     try:
         return _BY_NAME[isa]
     except KeyError:
+        arm = (
+            f" arm64 needs no target of its own: it runs the {ARM_ISA} int8 file (what an ARM "
+            "machine exports by default; one file serves x86 with VNNI and arm64)."
+            if isa.lower() in ("arm64", "aarch64", "arm", "neon")
+            else ""
+        )
         raise UnknownISAError(
             f"{{isa}} {isa!r} is not a known target; choose one of: {', '.join(ISAS)} "
-            "(or leave it unset to detect this machine's)",
+            f"(or leave it unset to detect this machine's).{arm}",
             params=[Param("isa")],
         ) from None
 
-
-def _is_arm() -> bool:
-    machine = platform.machine().lower()
-    return machine in ("arm64", "aarch64") or machine.startswith("arm")

@@ -36,8 +36,9 @@ def command(
     check: Annotated[bool, typer.Option(help="Check parity against torch.")] = True,
     isa: Annotated[
         str | None,
-        typer.Option(help="CPU a quantised recipe targets: avx512_vnni, avx_vnni, avx512, avx2, "
-                     "arm64. Default: this machine's."),
+        typer.Option(help="x86 CPU a quantised recipe targets: avx512_vnni, avx_vnni, avx512, avx2. "
+                     "Default: this machine's. arm64 runs the avx512_vnni file (what an ARM "
+                     "machine exports): one int8 file serves x86 with VNNI and arm64."),
     ] = None,
     min_cosine: Annotated[
         float | None,
