@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import importlib.metadata
+import json
 import logging
 import os
 import shutil
@@ -12,6 +13,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from embedrt.export.errors import OutputDirectoryError
 from embedrt.export.optimise import optimise
@@ -212,7 +214,7 @@ def _write_manifest(
         max_seq_length=model.max_seq_length,
         inputs=inputs,
         output=OUTPUT_NAME,
-        pad_token_id=_pad_token_id(staging / TOKENIZER_FILE),
+        pad_token_id=_pad_token_id(staging / TOKENIZER_FILE, model.transformer_path),
         variant=variant.name,
         recipe=recipe,
         files={
@@ -222,21 +224,51 @@ def _write_manifest(
         versions=_versions(),
         parity=report,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        prompts=model.prompts,
+        default_prompt_name=model.default_prompt_name,
         dense=dense_stages(model),
     )
     manifest.save(staging)
     return manifest
 
 
-def _pad_token_id(tokenizer_file: Path) -> int:
+def _pad_token_id(tokenizer_file: Path, transformer_path: Path) -> int:
+    """The id the runtime pads with: the first of these that names one.
+
+    tokenizer.json's padding settings, the pad token of tokenizer_config.json, config.json's
+    ``pad_token_id``, a token spelt like a pad token ([PAD], <pad>, <PAD>), else 0 (with a
+    log line). Padding goes on the right and is masked out, so for the encoders embedrt
+    exports any id in the vocabulary gives the same vectors (a test checks); the model's own
+    pad id is still preferred, as positions in RoBERTa-style models are counted from it.
+    """
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    if tokenizer.padding is not None:
+        return int(tokenizer.padding["pad_id"])
+    tokenizer_config = _json_object(transformer_path / "tokenizer_config.json")
+    pad = tokenizer_config.get("pad_token")
+    named = tokenizer.token_to_id(pad.get("content") if isinstance(pad, dict) else str(pad))
+    if pad is not None and named is not None:
+        return int(named)
+    config_id = _json_object(transformer_path / "config.json").get("pad_token_id")
+    if isinstance(config_id, int) and 0 <= config_id < tokenizer.get_vocab_size(with_added_tokens=True):
+        return config_id
     for token in ("[PAD]", "<pad>", "<PAD>"):
         token_id = tokenizer.token_to_id(token)
         if token_id is not None:
             return int(token_id)
-    return 0  # padded positions are masked out, so any valid id is correct
+    logger.info("%s names no pad token; padding with id 0 (padded positions are masked out)",
+                tokenizer_file)
+    return 0
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """A JSON file's top-level object; empty when the file is missing or not an object."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
 
 
 def _versions() -> dict[str, str]:

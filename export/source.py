@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,8 @@ class SourceModel:
     normalize: bool
     max_seq_length: int
     dim: int
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
     dense: tuple[DenseSource, ...] = ()
 
 
@@ -91,11 +93,11 @@ def check_catalogue(model: SourceModel, source: str | Path | None) -> None:
     entry = known["models"].get(known["default"] if source is None else str(source))
     if entry is None:
         return
-    for field in ("dim", "max_seq_length"):
-        stated, actual = entry.get(field), getattr(model, field)
+    for key in ("dim", "max_seq_length"):
+        stated, actual = entry.get(key), getattr(model, key)
         if stated is not None and stated != actual:
             raise CatalogueMismatchError(
-                f"models/catalogue.json says {model.name} has {field} {stated}, but its folder "
+                f"models/catalogue.json says {model.name} has {key} {stated}, but its folder "
                 f"{model.path} gives {actual}; correct the catalogue entry (or the installed package)"
             )
 
@@ -167,7 +169,6 @@ def read_source(folder: Path, name: str) -> SourceModel:
         if required not in by_type:
             raise SourceModelError(f"{folder}: modules.json has no {required} stage")
     _check_stage_order(folder, kinds)
-    _check_prompts(folder)
     transformer_path = folder / by_type[TRANSFORMER_STAGE].get("path", "")
     pooling, dim = _read_pooling(folder / by_type[POOLING_STAGE]["path"] / "config.json")
     dense = tuple(
@@ -176,6 +177,7 @@ def read_source(folder: Path, name: str) -> SourceModel:
         if kind == DENSE_STAGE
     )
     dim = _check_dense_chain(folder, dense, dim)
+    prompts, default_prompt_name = _read_prompts(folder, folder / by_type[POOLING_STAGE]["path"])
     return SourceModel(
         path=folder,
         name=name,
@@ -186,6 +188,8 @@ def read_source(folder: Path, name: str) -> SourceModel:
         normalize=NORMALIZE_STAGE in by_type,
         max_seq_length=_max_seq_length(folder, transformer_path),
         dim=dim,
+        prompts=prompts,
+        default_prompt_name=default_prompt_name,
         dense=dense,
     )
 
@@ -300,17 +304,36 @@ def _max_seq_length(folder: Path, transformer_path: Path) -> int:
     return positions
 
 
-def _check_prompts(folder: Path) -> None:
+def _read_prompts(folder: Path, pooling_path: Path) -> tuple[dict[str, str], str | None]:
+    """The ``prompts`` map and ``default_prompt_name`` of config_sentence_transformers.json.
+
+    Read as sentence-transformers reads them: a null prompt is the empty string, and a default
+    name that is not a prompt is an error. A Pooling stage with ``include_prompt: false``
+    (prompt tokens left out of the pooling, as instructor models do) is refused.
+    """
+    pooling_config = pooling_path / "config.json"
+    if pooling_config.is_file() and _read_json(pooling_config).get("include_prompt", True) is False:
+        raise SourceModelError(
+            f"{pooling_config}: include_prompt is false (prompt tokens left out of the pooling); "
+            "embedrt's runtime pools every token and cannot reproduce it"
+        )
     config_file = folder / "config_sentence_transformers.json"
     if not config_file.is_file():
-        return
+        return {}, None
     config = _read_json(config_file)
-    prompt_name = config.get("default_prompt_name")
-    if prompt_name:
+    raw = config.get("prompts") or {}
+    if not isinstance(raw, dict) or not all(
+        isinstance(text, (str, type(None))) for text in raw.values()
+    ):
+        raise SourceModelError(f"{config_file}: 'prompts' should map names to strings, got {raw!r}")
+    prompts = {str(name): text or "" for name, text in raw.items()}
+    default = config.get("default_prompt_name")
+    if default is not None and default not in prompts:
         raise SourceModelError(
-            f"{config_file}: the model prepends the default prompt {prompt_name!r} to every "
-            "input; embedrt's runtime does not reproduce prompts yet"
+            f"{config_file}: default_prompt_name {default!r} is not one of its prompts "
+            f"({', '.join(map(repr, prompts)) or 'none'})"
         )
+    return prompts, default
 
 
 def _weights_file(transformer_path: Path) -> Path:

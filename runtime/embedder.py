@@ -14,9 +14,11 @@ import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from .cpus import usable_cpus, warn_missing_cpu_flags
+from .dimensions import check_truncate_dim, truncate_dims
 from .errors import ArtefactError, ArtefactNotFoundError, InputTooLongError, Param
 from .manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, sha256_file
 from .pooling import FloatArray, l2_normalize, pool
+from .prompts import apply_prompt, resolve_prompt
 from .stages import DenseLayer, apply_dense
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class Embedder:
         batch_size: int,
         pad_to_multiple_of: int = 1,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        truncate_dim: int | None = None,
         *,
         dense: Sequence[DenseLayer] = (),
     ) -> None:
@@ -70,6 +73,7 @@ class Embedder:
             )
         self._dense = tuple(dense)
         self.manifest = manifest
+        self.truncate_dim = truncate_dim
         self.max_batch_tokens = max_batch_tokens
         self.threads = threads
         self.batch_size = batch_size
@@ -89,6 +93,7 @@ class Embedder:
         spin: bool = True,
         pad_to_multiple_of: int = 1,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        truncate_dim: int | None = None,
     ) -> Embedder:
         """Load an artefact directory.
 
@@ -108,14 +113,19 @@ class Embedder:
             pad_to_multiple_of: round each batch's padded length up to a multiple of this,
                 bounding the number of distinct input shapes (and so onnxruntime's cached
                 allocations) in a long-running server. Padding is masked: results agree.
+            truncate_dim: keep only the first this many dimensions of every embedding
+                (Matryoshka models), normalised again when the model normalises; ``dim``
+                becomes this. None: the model's dimension.
 
         Raises:
             ArtefactNotFoundError: the directory or one of its files is missing.
             ArtefactError: the manifest is invalid, or a file does not match it.
             ValueError: ``threads`` or ``batch_size`` is not positive.
+            ConfigurationError: ``truncate_dim`` is not in 1..the model's dimension.
         """
         directory = Path(path)
         manifest = Manifest.load(directory)
+        check_truncate_dim(truncate_dim, manifest.dim)
         _check_positive(
             threads=threads, batch_size=batch_size, pad_to_multiple_of=pad_to_multiple_of,
             max_batch_tokens=max_batch_tokens,
@@ -133,13 +143,13 @@ class Embedder:
         warn_missing_cpu_flags(manifest.recipe.requires_cpu_flags, str(directory))
         return cls(
             manifest, session, tokenizer, untruncated, thread_count, batch_size, pad_to_multiple_of,
-            max_batch_tokens, dense=dense,
+            max_batch_tokens, truncate_dim, dense=dense,
         )
 
     @property
     def dim(self) -> int:
-        """Embedding dimension."""
-        return self.manifest.dim
+        """Embedding dimension of the output: ``truncate_dim`` when set at load, else the model's."""
+        return self.truncate_dim or self.manifest.dim
 
     @property
     def max_seq_length(self) -> int:
@@ -147,18 +157,38 @@ class Embedder:
         return self.manifest.max_seq_length
 
     def embed(
-        self, texts: Sequence[str], *, batch_size: int | None = None, truncate: bool = True
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int | None = None,
+        truncate: bool = True,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        truncate_dim: int | None = None,
     ) -> FloatArray:
         """Embed ``texts``; returns ``(len(texts), dim)`` float32 in input order.
+
+        The arguments are :meth:`encode`'s.
 
         Raises:
             TypeError: ``texts`` is a single string, or an item is not a string.
             InputTooLongError: ``truncate`` is False and an input exceeds ``max_seq_length``.
+            ConfigurationError: an unknown ``prompt_name``, or ``truncate_dim`` out of range.
         """
-        return self.encode(texts, batch_size=batch_size, truncate=truncate).vectors
+        return self.encode(
+            texts, batch_size=batch_size, truncate=truncate, prompt_name=prompt_name, prompt=prompt,
+            truncate_dim=truncate_dim,
+        ).vectors
 
     def encode(
-        self, texts: Sequence[str], *, batch_size: int | None = None, truncate: bool = True
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int | None = None,
+        truncate: bool = True,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        truncate_dim: int | None = None,
     ) -> Embeddings:
         """Embed ``texts`` and report token counts and truncation.
 
@@ -167,14 +197,33 @@ class Embedder:
         formed from length-sorted inputs so padding stays small, and a batch over
         ``max_batch_tokens`` runs as several inference calls; results come back in input order.
 
+        Args:
+            texts: the texts to embed.
+            batch_size: texts per batch; default the one given at load.
+            truncate: cut inputs at ``max_seq_length`` (else raise).
+            prompt_name: prepend the model's prompt of this name (``manifest.prompts``).
+            prompt: prepend this text; wins over ``prompt_name``. With neither, the model's
+                default prompt (``manifest.default_prompt_name``) applies, as in
+                sentence-transformers; ``prompt=""`` turns it off. Token counts and
+                truncation include the prompt.
+            truncate_dim: keep the first this many dimensions (1..the model's dimension),
+                normalised again when the model normalises; default the one given at load.
+
         Raises:
             TypeError: ``texts`` is a single string, or an item is not a string.
             InputTooLongError: ``truncate`` is False and an input exceeds ``max_seq_length``.
             ValueError: ``batch_size`` is not positive.
+            ConfigurationError: ``prompt_name`` is not one of the model's prompts, or
+                ``truncate_dim`` is out of range.
         """
         _check_texts(texts)
         size = batch_size or self.batch_size
         _check_positive(batch_size=size)
+        check_truncate_dim(truncate_dim, self.manifest.dim)
+        chosen = resolve_prompt(
+            self.manifest.prompts, self.manifest.default_prompt_name, prompt_name, prompt
+        )
+        texts = apply_prompt(texts, chosen)
         encodings = self.tokenize(texts, truncate)
         lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
         truncated = tuple(i for i, e in enumerate(encodings) if e.overflowing)
@@ -183,13 +232,14 @@ class Embedder:
                 "truncated %d of %d inputs to max_seq_length=%d tokens",
                 len(truncated), len(encodings), self.max_seq_length,
             )
-        vectors = np.empty((len(encodings), self.dim), dtype=np.float32)
+        vectors = np.empty((len(encodings), self.manifest.dim), dtype=np.float32)
         order = np.argsort(lengths, kind="stable")
         for start in range(0, len(order), size):
             batch = order[start : start + size]
             for rows in self._calls(batch, self.padded_width(int(lengths[batch[-1]]))):
-                vectors[rows] = self.embed_encodings([encodings[i] for i in rows])
-        return Embeddings(vectors, lengths, truncated)
+                vectors[rows] = self._embed_model_dim([encodings[i] for i in rows])
+        kept = truncate_dim or self.truncate_dim
+        return Embeddings(truncate_dims(vectors, kept, self.manifest.normalize), lengths, truncated)
 
     def padded_width(self, longest: int) -> int:
         """The width a batch whose longest input has ``longest`` tokens is padded to."""
@@ -235,7 +285,14 @@ class Embedder:
         return encodings
 
     def embed_encodings(self, encodings: Sequence[Encoding]) -> FloatArray:
-        """Run one batch of :meth:`tokenize` output (padded here) and pool it; input order."""
+        """Run one batch of :meth:`tokenize` output (padded here) and pool it; input order.
+
+        The vectors have :attr:`dim` dimensions (``truncate_dim`` applied).
+        """
+        return truncate_dims(self._embed_model_dim(encodings), self.truncate_dim, self.manifest.normalize)
+
+    def _embed_model_dim(self, encodings: Sequence[Encoding]) -> FloatArray:
+        """As :meth:`embed_encodings`, at the model's own dimension."""
         width = self.padded_width(max(len(e.ids) for e in encodings))
         ids = np.full((len(encodings), width), self.manifest.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(encodings), width), dtype=np.int64)

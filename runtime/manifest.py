@@ -353,6 +353,9 @@ class Manifest:
         versions: library versions used at export.
         parity: agreement with the torch reference measured at export; None when export
             did not check.
+        prompts: the model's prompts by name (sentence-transformers'
+            ``config_sentence_transformers.json``), prepended to texts as it does.
+        default_prompt_name: the prompt applied when the caller names none; None: no prompt.
         dense: Dense stages applied after pooling, in order (then normalisation); ``dim`` is
             the last one's ``out_features``.
     """
@@ -372,6 +375,8 @@ class Manifest:
     versions: Mapping[str, str] = field(default_factory=dict)
     parity: ParityReport | None = None
     created_at: str = ""
+    prompts: Mapping[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
     dense: tuple[DenseStage, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
@@ -431,6 +436,7 @@ class Manifest:
             versions={k: _str(versions, k, _at(origin, "versions")) for k in versions},
             parity=None if parity is None else ParityReport.from_dict(parity, _at(origin, "parity")),
             created_at=_str(d, "created_at", origin, default=""),
+            **_prompt_fields(d, origin),
             dense=tuple(
                 DenseStage.from_dict(stage, _at(origin, f"dense[{i}]"))
                 for i, stage in enumerate(_list(d, "dense", origin))
@@ -594,6 +600,21 @@ def _check_dense(manifest: Manifest, origin: str) -> None:
                 f"{where}: out_features {stage.out_features} does not match what follows it "
                 f"({following}: the next stage's in_features, or dim); {_REEXPORT}"
             )
+
+
+def _prompt_fields(d: Mapping[str, object], origin: str) -> dict[str, Any]:
+    """``prompts`` and ``default_prompt_name`` (absent before schema version 3: no prompts)."""
+    prompts = _object(d.get("prompts", {}), _at(origin, "prompts"))
+    checked = {name: _str(prompts, name, _at(origin, "prompts")) for name in prompts}
+    default = d.get("default_prompt_name")
+    if default is not None and not isinstance(default, str):
+        raise _wrong_type(_at(origin, "default_prompt_name"), "a string or null", default)
+    if default is not None and default not in checked:
+        raise ArtefactError(
+            f"{_at(origin, 'default_prompt_name')}: {default!r} is not one of the manifest's "
+            f"prompts ({', '.join(map(repr, checked)) or 'none'})"
+        )
+    return {"prompts": checked, "default_prompt_name": default}
 
 
 def _jsonable(record: object) -> dict[str, JSONValue]:

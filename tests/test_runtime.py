@@ -90,13 +90,13 @@ def test_token_budget_splits_batches_without_changing_results(
     whole = Embedder.load(artefact, max_batch_tokens=10_000).embed(texts, batch_size=12)
     embedder = Embedder.load(artefact, max_batch_tokens=40)
     calls: list[tuple[int, int]] = []
-    run = embedder.embed_encodings
+    run = embedder._embed_model_dim  # one inference call (encode truncates dimensions after)
 
     def counted(encodings):  # type: ignore[no-untyped-def]
         calls.append((len(encodings), max(len(e.ids) for e in encodings)))
         return run(encodings)
 
-    monkeypatch.setattr(embedder, "embed_encodings", counted)
+    monkeypatch.setattr(embedder, "_embed_model_dim", counted)
     split = embedder.embed(texts, batch_size=12)
     np.testing.assert_allclose(split, whole, atol=2e-6)
     assert sum(rows for rows, _ in calls) == len(texts) and len(calls) > 1

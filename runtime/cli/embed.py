@@ -30,15 +30,26 @@ def command(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here, not stdout.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = DEFAULT_BATCH_SIZE,
     truncate: Annotated[bool, typer.Option(help="Cut inputs at max_seq_length (else fail).")] = True,
+    prompt_name: Annotated[str | None, typer.Option(
+        "--prompt-name", help="Prepend the model's prompt of this name ('embedrt info' lists them). "
+        "Default: the model's default prompt, if it has one.")] = None,
+    prompt: Annotated[str | None, typer.Option(
+        "--prompt", help="Prepend this text (wins over --prompt-name; --prompt '' turns the "
+        "default prompt off).")] = None,
+    truncate_dim: Annotated[int | None, typer.Option(
+        "--truncate-dim", min=1, help="Keep the first N dimensions (Matryoshka models), normalised "
+        "again when the model normalises.")] = None,
     threads: ThreadsOption = None,
 ) -> None:
     """Embed texts: JSON lines on stdout by default, or a .npy array with --format npy.
 
     Example: embedrt embed "first text" "second text" --format npy -o vectors.npy
+    Example: embedrt embed --prompt-name query "what is a bank?" --truncate-dim 128
     """
     inputs = read_texts(texts or [], file)
-    embedder = Embedder.load(model_dir(model), threads=threads, batch_size=batch_size)
-    result = embedder.encode(inputs, truncate=truncate)
+    embedder = Embedder.load(model_dir(model), threads=threads, batch_size=batch_size,
+                             truncate_dim=truncate_dim)
+    result = embedder.encode(inputs, truncate=truncate, prompt_name=prompt_name, prompt=prompt)
     if output_format is OutputFormat.npy:
         write_npy(result.vectors, output)
         return

@@ -48,6 +48,7 @@ def _describe(manifest: Manifest, directory: Path) -> list[tuple[str, str]]:
         ("dimension", str(manifest.dim)),
         ("pooling", manifest.pooling + (" + L2 normalise" if manifest.normalize else "")),
         ("max tokens", str(manifest.max_seq_length)),
+        ("prompts", _prompts(manifest)),
         ("graph", f"inputs {', '.join(manifest.inputs)} -> {manifest.output}"),
         ("model.onnx", f"{size / 1e6:.1f} MB"),
         ("recipe", json.dumps(manifest.recipe.to_dict())),
@@ -60,3 +61,10 @@ def _describe(manifest: Manifest, directory: Path) -> list[tuple[str, str]]:
         rows.append(("parity", f"{p.sentences} sentences vs torch: min cosine {p.min_cosine:.7f}, "
                      f"max |diff| {p.max_abs_diff:.2e}"))
     return rows
+
+
+def _prompts(manifest: Manifest) -> str:
+    """``query: 'query: ', passage: 'passage: ' (default: query)``, or ``none``."""
+    named = ", ".join(f"{name}: {text!r}" for name, text in manifest.prompts.items()) or "none"
+    default = manifest.default_prompt_name
+    return named + (f" (default: {default})" if default is not None else "")

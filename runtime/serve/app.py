@@ -28,11 +28,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from ..dimensions import truncate_dims
 from ..embedder import Embedder, Embeddings
 from ..errors import EmbedrtError, InputTooLongError, json_spelling
 from ..home import default_model_dir
 from ..manifest import Manifest
 from ..pooling import FloatArray, cosine_similarity, l2_normalize
+from ..prompts import apply_prompt, resolve_prompt
 from .batcher import Batcher, BatcherClosedError, QueueFullError
 from .config import ServerConfig
 from .metrics import ServerMetrics
@@ -59,7 +61,7 @@ class ServerState:
         self.model_dir = model_dir
         self.manifest = manifest
         self.metrics = ServerMetrics()
-        self.openapi = openapi_document(manifest.model_name, manifest.dim, config)
+        self.openapi = openapi_document(manifest.model_name, manifest.dim, config, tuple(manifest.prompts))
         self.load_error: str | None = None
         self.on_load_failure: Callable[[], None] = lambda: None
         self._batcher: Batcher | None = None
@@ -239,17 +241,13 @@ async def _openai_embeddings(state: ServerState, request: Request) -> Response:
     if encoding not in ("float", "base64"):
         raise RequestError(422, f"'encoding_format' must be 'float' or 'base64', got {encoding!r}",
                            "encoding_format")
-    dimensions = optional(payload, "dimensions", int, None)
-    if dimensions is not None and dimensions != state.manifest.dim:
-        raise RequestError(
-            422, f"'dimensions' is {dimensions}, but this model produces {state.manifest.dim}-dimensional "
-            f"vectors and cannot shorten them; omit it or pass {state.manifest.dim}",
-            "dimensions", state.manifest.dim,
-        )
+    dimensions = _dimensions(state, payload)
+    texts = _prompted(state, payload, texts)
     result = await state.batcher().embed(texts, True)
+    vectors = truncate_dims(result.vectors, dimensions, state.manifest.normalize)
     rows: Any = (
-        [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in result.vectors]
-        if encoding == "base64" else _json_vectors(result.vectors)
+        [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in vectors]
+        if encoding == "base64" else _json_vectors(vectors)
     )
     data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]
     tokens = int(result.token_counts.sum())
@@ -258,13 +256,53 @@ async def _openai_embeddings(state: ServerState, request: Request) -> Response:
     return _VectorResponse(body, headers=_report_headers(result))
 
 
+def _prompted(state: ServerState, payload: dict[str, Any], texts: list[str]) -> list[str]:
+    """``texts`` with the prompt the request names (``prompt_name``) or the model's default.
+
+    As sentence-transformers and text-embeddings-inference: with no ``prompt_name`` the
+    model's default prompt (if any) applies; token counts and truncation include it.
+
+    Raises:
+        RequestError: 422 when ``prompt_name`` is not one of the model's prompts.
+    """
+    name = optional(payload, "prompt_name", str, None)
+    manifest = state.manifest
+    if name is not None and name not in manifest.prompts:
+        known = ", ".join(repr(known) for known in manifest.prompts) or "none"
+        raise RequestError(
+            422, f"'prompt_name' is {name!r}, not one of this model's prompts (known: {known})",
+            "prompt_name",
+        )
+    prompt = resolve_prompt(manifest.prompts, manifest.default_prompt_name, name)
+    return list(apply_prompt(texts, prompt))
+
+
+def _dimensions(state: ServerState, payload: dict[str, Any]) -> int | None:
+    """The request's ``dimensions`` (1..the model's dimension), or None for all of them.
+
+    Raises:
+        RequestError: 422 when it is not an integer in that range.
+    """
+    dimensions = optional(payload, "dimensions", int, None)
+    dim = state.manifest.dim
+    if dimensions is not None and not 1 <= dimensions <= dim:
+        raise RequestError(
+            422, f"'dimensions' is {dimensions}; it must be from 1 to {dim} (this model's "
+            "dimension): the first that many dimensions are kept, normalised again when the "
+            "model normalises", "dimensions", dim,
+        )
+    return dimensions  # type: ignore[no-any-return]
+
+
 async def _tei_embed(state: ServerState, request: Request) -> Response:
     payload = await _read_json(state, request)
     texts, _ = texts_field(payload, "inputs", state.config)
     normalize = optional(payload, "normalize", bool, True)
     truncate = optional(payload, "truncate", bool, True)
+    dimensions = _dimensions(state, payload)
+    texts = _prompted(state, payload, texts)
     result = await state.batcher().embed(texts, truncate)
-    vectors = result.vectors
+    vectors = truncate_dims(result.vectors, dimensions, state.manifest.normalize)
     if normalize and not state.manifest.normalize:
         vectors = l2_normalize(vectors)
     return _VectorResponse(_json_vectors(vectors), headers=_report_headers(result))

@@ -1,13 +1,15 @@
 """Request validation and the OpenAPI document of the embedding server.
 
 Both are built from the same :class:`~embedrt.runtime.serve.config.ServerConfig`, so the
-document states the limits the server enforces (``maxItems``, ``maxLength``, the one
-accepted ``dimensions``), and a request the document allows is one the server accepts.
+document states the limits the server enforces (``maxItems``, ``maxLength``, the
+``dimensions`` range and the prompt names), and a request the document allows is one the
+server accepts.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import EmbedrtError
@@ -155,9 +157,12 @@ def _ok(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def openapi_document(model_name: str, dim: int, limits: ServerConfig) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every route, with this server's model and limits."""
+def openapi_document(
+    model_name: str, dim: int, limits: ServerConfig, prompt_names: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route, with this server's model, prompts and limits."""
     texts = _texts_schema(limits)
+    options = _embedding_options(dim, prompt_names)
     vector = {"type": "array", "items": {"type": "number"}}
     post_errors = _error_responses(400, 413, 422, 503)
     paths = {
@@ -165,7 +170,7 @@ def openapi_document(model_name: str, dim: int, limits: ServerConfig) -> dict[st
             "summary": "OpenAI-compatible embeddings",
             "description": "Inputs over the model's max_seq_length tokens are truncated; the "
             "x-embedrt-truncated header counts them.",
-            "requestBody": _json_body(_openai_request(texts, dim)),
+            "requestBody": _json_body(_openai_request(texts, options)),
             "responses": {"200": _ok({"$ref": "#/components/schemas/EmbeddingList"},
                                      "One item per input, in order."), **post_errors},
         }},
@@ -176,7 +181,7 @@ def openapi_document(model_name: str, dim: int, limits: ServerConfig) -> dict[st
             "truncate=false rejects over-long inputs with 422.",
             "requestBody": _json_body({"type": "object", "required": ["inputs"], "properties": {
                 "inputs": texts, "normalize": {"type": ["boolean", "null"]},
-                "truncate": {"type": ["boolean", "null"]}}}),
+                "truncate": {"type": ["boolean", "null"]}, **options}}),
             "responses": {"200": _ok({"type": "array", "items": vector}, "One vector per input, in order."),
                           **post_errors},
         }},
@@ -212,13 +217,25 @@ _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
         "code": {"type": "integer"}, "limit": {"type": "integer"}}}}}
 
 
-def _openai_request(texts: dict[str, Any], dim: int) -> dict[str, Any]:
+def _embedding_options(dim: int, prompt_names: Sequence[str]) -> dict[str, Any]:
+    """``dimensions`` and ``prompt_name``, which both embedding routes take."""
+    return {
+        "dimensions": {"type": ["integer", "null"], "minimum": 1, "maximum": dim,
+                       "description": "Keep the first this many dimensions (Matryoshka models), "
+                       "normalised again when the model normalises. Default: all."},
+        "prompt_name": {"enum": [*prompt_names, None], "description": "Prepend the model's prompt "
+                        "of this name (an embedrt extension on /v1/embeddings). Default: the model's "
+                        "default prompt, if it has one."},
+    }
+
+
+def _openai_request(texts: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": ["input"], "properties": {
         "input": texts,
         "model": {"type": ["string", "null"]},
         "encoding_format": {"enum": ["float", "base64", None]},
-        "dimensions": {"enum": [dim, None], "description": "Only the model's own dimension."},
         "user": {"type": ["string", "null"]},
+        **options,
     }}
 
 
