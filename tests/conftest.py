@@ -40,7 +40,7 @@ def _tiny_models_module() -> ModuleType:
 
 @pytest.fixture(scope="session")
 def tiny_models() -> ModuleType:
-    """The module that builds the tiny models (``build``, ``add_stage``, ``WORDS``)."""
+    """The module that builds the tiny models (``build``, ``add_stage``, ``WORDS``, ``ARCHITECTURES``)."""
     return _tiny_models_module()
 
 
@@ -79,17 +79,12 @@ def tiny_sources(tmp_path_factory: pytest.TempPathFactory, tiny_models: ModuleTy
 def tiny_encoder_sources(
     tmp_path_factory: pytest.TempPathFactory, tiny_models: ModuleType
 ) -> dict[str, Path]:
-    """Sentence-transformers folders of tiny MPNet, RoBERTa and XLM-RoBERTa (``_tiny_encoders``)."""
+    """Sentence-transformers folders of tiny MPNet, RoBERTa (byte-level BPE) and XLM-RoBERTa
+    (SentencePiece Unigram), from ``_tiny_models``."""
     if not HAS_EXPORT:
         pytest.skip("building tiny models needs the [export] extra")
-    spec = importlib.util.spec_from_file_location(
-        "_tiny_encoders", Path(__file__).with_name("_tiny_encoders.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     root = tmp_path_factory.mktemp("tiny-encoders")
-    return {arch: module.build(root, arch, tiny_models) for arch in module.ARCHITECTURES}
+    return {arch: tiny_models.build(root, arch) for arch in tiny_models.ENCODERS}
 
 
 def _exported(request: pytest.FixtureRequest, name: str, arch: str | None, variant: str) -> Path:
