@@ -93,7 +93,7 @@ def _context_lines(results: dict[str, Any]) -> list[str]:
     return [
         "# embedrt benchmark", "",
         f"- command: `{ctx['command']}`",
-        f"- date: {ctx['date']}; preset: {'quick' if results['settings']['quick'] else 'full'}",
+        f"- date: {ctx['date']}; preset: {_preset(results['settings'])}",
         f"- CPU: {ctx['cpu']['model']} ({flags}); {ctx['usable_cpus']} usable CPUs; "
         f"threads per system: {ctx['threads']}; 1-min load average at start: {_fmt(load, '.2f')}",
         f"- CPU time stolen by other tenants of this virtual machine's host, per phase: {steal or 'n/a'} "
@@ -222,3 +222,8 @@ def write_markdown(results: dict[str, Any], out: Path, chart: str | None) -> Pat
     path = out / RESULTS_MD
     path.write_text(render_markdown(results, chart), encoding="utf-8")
     return path
+
+
+def _preset(settings: dict[str, Any]) -> str:
+    """The preset's name (results written before the lite preset record only ``quick``)."""
+    return str(settings.get("preset", "quick" if settings["quick"] else "full"))

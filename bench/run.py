@@ -39,7 +39,7 @@ MIN_THROUGHPUT_TEXTS = 64
 
 @dataclass(frozen=True)
 class Settings:
-    """How much to measure; :data:`QUICK` and :data:`FULL` are the two presets."""
+    """How much to measure: the presets :data:`QUICK`, :data:`LITE` and :data:`FULL`."""
 
     bucket_sizes: dict[str, int]
     latency_texts: int
@@ -54,6 +54,11 @@ class Settings:
 
 
 QUICK = Settings({"short": 32, "medium": 16, "long": 8}, 8, 2, (1, 32), 1, 1, 100, 6, (8, 32), 1)
+# For large models (all-mpnet-base-v2 on torch takes minutes per long bucket): half the texts,
+# batch sizes 1 and 32 only, one cold start and one latency round; still 3 interleaved repeats.
+LITE = Settings(
+    {"short": 256, "medium": 128, "long": 64}, 20, 2, (1, 32), 3, 1, None, 12, (8, 32, 128), 1
+)
 FULL = Settings(
     {"short": 512, "medium": 256, "long": 128}, 60, 5, (1, 8, 32, 128), 3, 3, None, 30, (8, 32, 128), 3
 )
@@ -68,6 +73,7 @@ class BenchOptions:
         threads: thread budget given to every system.
         sts: STS-B style TSV, or None to generate texts.
         quick: the short preset (CI, development) instead of the full one.
+        lite: the :data:`LITE` preset (large models) instead of the full one.
         skip: kinds (``embedrt``, ``sentence-transformers``, ``fastembed``, ``openvino``,
             ``openvino-nncf``, ``sentence-transformers-onnx``) or system names to leave out; the
             report lists them as skipped.
@@ -77,13 +83,19 @@ class BenchOptions:
     threads: int
     sts: Path | None = None
     quick: bool = False
+    lite: bool = False
     skip: tuple[str, ...] = ()
     argv: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def settings(self) -> Settings:
         """The preset this run uses."""
-        return QUICK if self.quick else FULL
+        return QUICK if self.quick else LITE if self.lite else FULL
+
+    @property
+    def preset(self) -> str:
+        """The preset's name, for the report."""
+        return "quick" if self.quick else "lite" if self.lite else "full"
 
 
 class Progress(Protocol):
@@ -209,7 +221,7 @@ def _measure(
     results: dict[str, Any] = {
         "schema": SCHEMA,
         "context": run_context(options.threads, usable_cpus(), options.argv or None),
-        "settings": {"quick": options.quick, **_settings_dict(settings)},
+        "settings": {"quick": options.quick, "preset": options.preset, **_settings_dict(settings)},
         "workloads": {b: {**length_stats(c), "source": workload.source} for b, c in counts.items()},
         "systems": [_status_dict(s) for s in statuses],
         "baselines": _baselines(statuses),

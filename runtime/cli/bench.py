@@ -81,6 +81,8 @@ def command(
         typer.Option(min=1, help="Threads for every system. Default: the CPUs this process may use."),
     ] = None,
     quick: Annotated[bool, typer.Option(help="Fewer texts, repeats and batch sizes (< 2 min).")] = False,
+    lite: Annotated[bool, typer.Option(help="Half the texts, batch sizes 1 and 32 only, one latency "
+                                       "round: for large models (all-mpnet-base-v2).")] = False,
     skip: Annotated[
         list[str] | None,
         typer.Option(help="Leave out a system by kind (sentence-transformers, fastembed, embedrt, openvino, "
@@ -120,6 +122,7 @@ def command(
     require("bench", "embedrt bench", ("rich",))  # the progress bar
     options = BenchOptions(
         artefacts=artefacts, threads=threads or usable_cpus(), sts=sts or default_sts(), quick=quick,
+        lite=lite,
         skip=tuple(skip or ()), argv=tuple(sys.argv),
     )
     with _Bar() as bar:
