@@ -111,25 +111,38 @@ class OpenLoopResult:
         return summary
 
 
+# A connection idle this long is closed by the client, as HTTP client pools do (httpx's
+# keepalive_expiry): uvicorn closes keep-alive connections idle for 5 s, and a request sent on
+# one it has just closed fails although the server is healthy.
+KEEPALIVE_EXPIRY_S = 2.0
+
+
 class _Connections:
-    """Idle keep-alive connections to the server; a new one when none is idle."""
+    """Idle keep-alive connections to the server, most recently used first.
+
+    A new one when none is idle; one idle longer than :data:`KEEPALIVE_EXPIRY_S` is closed.
+    """
 
     def __init__(self, port: int) -> None:
         self._port = port
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._idle: list[tuple[float, tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = []
         self.opened = 0
 
     async def take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._idle:
-            return self._idle.pop()
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            returned, connection = self._idle.pop()
+            if now - returned < KEEPALIVE_EXPIRY_S:
+                return connection
+            connection[1].close()
         self.opened += 1
         return await asyncio.open_connection("127.0.0.1", self._port)
 
     def give_back(self, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
-        self._idle.append(connection)
+        self._idle.append((asyncio.get_running_loop().time(), connection))
 
     def close(self) -> None:
-        for _, writer in self._idle:
+        for _, (_, writer) in self._idle:
             writer.close()
 
 
