@@ -8,10 +8,11 @@
 # 2 of 6 runs of tests/arm64/vectors.py died with SIGSEGV or a glibc heap assertion under
 # proot, 0 of 6 under plain qemu), and the tests start arm64 subprocesses, which plain qemu
 # (-L) cannot exec without a binfmt_misc handler. As root: qemu-aarch64 is registered with
-# binfmt_misc (Debian's qemu-user-static entry, fix_binary, via update-binfmts; left
-# registered: it only affects aarch64 binaries), and the chroot's mounts (/proc with the ARM
-# cpuinfo bound over /proc/cpuinfo, /dev, /sys, the bound folders at the same paths) live in a
-# private mount namespace (unshare -m): nothing is mounted on the host after the command ends.
+# binfmt_misc (Debian's qemu-user-static entry, fix_binary, from /usr/lib/binfmt.d or via
+# update-binfmts; left registered: it only affects aarch64 binaries), and the chroot's mounts
+# (/proc with the ARM cpuinfo bound over /proc/cpuinfo, /dev, /sys, the bound folders at the
+# same paths) live in a private mount namespace (unshare -m): nothing is mounted on the host
+# after the command ends.
 # Exit status 3 with one line on stderr when this cannot be set up (the caller falls back).
 set -euo pipefail
 
@@ -23,14 +24,23 @@ cpuinfo=$HERE/cpuinfo/$cpu
 
 if [ "${1:-}" = --setup ]; then  # register the binfmt handler; exit 3 where impossible
     [ "$(id -u)" = 0 ] || { echo "not root" >&2; exit 3; }
-    command -v unshare > /dev/null && command -v update-binfmts > /dev/null \
-        || { echo "unshare or update-binfmts (binfmt-support) missing" >&2; exit 3; }
+    command -v unshare > /dev/null || { echo "unshare missing" >&2; exit 3; }
     if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
         mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2> /dev/null \
             || { echo "cannot mount binfmt_misc" >&2; exit 3; }
     fi
-    [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 > /dev/null 2>&1 \
-        || { echo "update-binfmts --enable qemu-aarch64 failed" >&2; exit 3; }
+    # Debian 12's qemu-user-static ships the entry for systemd-binfmt (which a container does
+    # not run) and only recommends binfmt-support: write the entry to the kernel directly.
+    conf=/usr/lib/binfmt.d/qemu-aarch64.conf
+    if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+        if [ -f "$conf" ]; then
+            grep -v '^#' "$conf" > /proc/sys/fs/binfmt_misc/register 2> /dev/null \
+                || { echo "registering $conf with binfmt_misc failed" >&2; exit 3; }
+        else
+            update-binfmts --enable qemu-aarch64 > /dev/null 2>&1 \
+                || { echo "no $conf, and update-binfmts --enable qemu-aarch64 failed" >&2; exit 3; }
+        fi
+    fi
     grep -q '^flags:.*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 \
         || { echo "the qemu-aarch64 binfmt handler lacks the F (fix binary) flag" >&2; exit 3; }
     exit 0
