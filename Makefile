@@ -29,7 +29,7 @@ demo: setup
 ## test: lint, then every test with every extra, then the runtime's tests again in an
 ## environment with only the base dependencies (no torch, transformers, optimum, onnx) and
 ## its install size, then the same on emulated arm64 against the artefacts test-full exported.
-test: lint test-full test-base
+test: lint test-full test-base test-arm64
 
 # The base install depends on typer-slim 0.21 (no rich): an env made when it depended on typer
 # has typer, which installs the same package directory; uninstall it first, or the two
