@@ -87,7 +87,7 @@ def test_info(tiny_bert: Path) -> None:
     result = runner.invoke(app, ["info", str(tiny_bert)])
     assert result.exit_code == 0, result.output
     assert "max tokens      24" in result.stdout
-    assert "pooling         mean + L2 normalise" in result.stdout
+    assert "pipeline        mean pooling -> L2 normalise" in result.stdout
     raw = runner.invoke(app, ["info", str(tiny_bert), "--json"])
     assert json.loads(raw.stdout)["max_seq_length"] == 24
 

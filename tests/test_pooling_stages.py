@@ -225,6 +225,20 @@ def test_dense_model_matches_torch(
     assert np.allclose(norms, 1.0, atol=1e-6) == normalize
 
 
+def test_info_lists_the_dense_stages(dense_artefacts: dict[str, Path]) -> None:
+    from embedrt.runtime.cli import app
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["info", str(dense_artefacts["tanh-normalize"])])
+    assert result.exit_code == 0, result.output
+    pipeline = next(line for line in result.output.splitlines() if line.startswith("pipeline"))
+    files = [s.file for s in Manifest.load(dense_artefacts["tanh-normalize"]).dense]
+    assert pipeline.split(None, 1)[1] == (
+        f"mean pooling -> Dense {HIDDEN}->24 tanh ({files[0]}) -> Dense 24->16 no bias identity "
+        f"({files[1]}) -> L2 normalise"
+    )
+
+
 def test_parity_gate_embeds_through_the_dense_stages(
     dense_sources: dict[str, Path], dense_artefacts: dict[str, Path], tmp_path: Path
 ) -> None:

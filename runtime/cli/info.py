@@ -46,7 +46,7 @@ def _describe(manifest: Manifest, directory: Path) -> list[tuple[str, str]]:
         ("model", manifest.model_name),
         ("variant", manifest.variant),
         ("dimension", str(manifest.dim)),
-        ("pooling", manifest.pooling + (" + L2 normalise" if manifest.normalize else "")),
+        ("pipeline", _pipeline(manifest)),
         ("max tokens", str(manifest.max_seq_length)),
         ("prompts", _prompts(manifest)),
         ("graph", f"inputs {', '.join(manifest.inputs)} -> {manifest.output}"),
@@ -61,6 +61,16 @@ def _describe(manifest: Manifest, directory: Path) -> list[tuple[str, str]]:
         rows.append(("parity", f"{p.sentences} sentences vs torch: min cosine {p.min_cosine:.7f}, "
                      f"max |diff| {p.max_abs_diff:.2e}"))
     return rows
+
+
+def _pipeline(manifest: Manifest) -> str:
+    """What follows the transformer: ``mean pooling -> Dense 384->256 tanh -> L2 normalise``."""
+    steps = [f"{manifest.pooling} pooling"]
+    steps += [f"Dense {s.in_features}->{s.out_features}{'' if s.bias else ' no bias'} {s.activation}"
+              f" ({s.file})" for s in manifest.dense]
+    if manifest.normalize:
+        steps.append("L2 normalise")
+    return " -> ".join(steps)
 
 
 def _prompts(manifest: Manifest) -> str:
