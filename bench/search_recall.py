@@ -17,7 +17,9 @@ rescoring and with rescoring at each ``--multipliers`` value (sentence-transform
 
 Exact search at ``--timing-rows`` vectors (default a million) is timed on synthetic random unit
 vectors of the model's dimension, written as shards like the job's, per precision, to decide
-whether exact search is fast enough or an approximate index (usearch, faiss) is needed. Timings
+whether exact search is fast enough or an approximate index (usearch, faiss) is needed: without
+the search cache (every query decodes the Parquet shards), the first search (which writes the
+cache), and later searches (which read it), one query at a time and in a batch of 32. Timings
 are only meaningful on a quiet machine; recall does not depend on load.
 
 Writes ``search_recall.json`` and ``search_recall.md`` to ``--out`` (work files in
@@ -48,7 +50,7 @@ from embedrt.bench.workloads import SHIPPED_STS, read_sts
 from embedrt.runtime.corpus.errors import RunMismatchError
 from embedrt.runtime.corpus.job import CorpusOptions, embed_corpus
 from embedrt.runtime.corpus.search import DEFAULT_RESCORE_MULTIPLIER, SearchHit, search_vectors
-from embedrt.runtime.corpus.writer import COMPRESSION, FinishedUnit, shard_schema
+from embedrt.runtime.corpus.writer import COMPRESSION, SEARCH_CACHE_DIR, FinishedUnit, shard_schema
 from embedrt.runtime.cpus import usable_cpus
 from embedrt.runtime.embedder import Embedder
 from embedrt.runtime.home import default_model_dir
@@ -240,9 +242,14 @@ def measure_scale(work: Path, rows: int, dim: int, model: Path, repeats: int, ke
                          calibration if precision == "int8" else None, model)
         written = time.perf_counter() - started
         size = sum(p.stat().st_size for p in (directory / "shards").iterdir())
+        uncached = _per_query_seconds(directory, queries, repeats, cache=False)
+        first = _timed(directory, queries[:1])[1]  # decodes every shard and writes the cache
+        cache_bytes = sum(p.stat().st_size for p in (directory / SEARCH_CACHE_DIR).iterdir())
         batch = _timed(directory, queries[:32])[1] / 32
         results[precision] = {
-            "shard_bytes": size, "write_seconds": round(written, 2),
+            "shard_bytes": size, "write_seconds": round(written, 2), "cache_bytes": cache_bytes,
+            "seconds_per_query_uncached": round(uncached, 4),
+            "seconds_first_search_writing_the_cache": round(first, 3),
             "seconds_per_query": round(_per_query_seconds(directory, queries, repeats), 4),
             "seconds_per_query_in_batch_of_32": round(batch, 4),
         }
@@ -276,11 +283,15 @@ def render_markdown(results: dict[str, Any]) -> str:
         ) + f" | {1000 * row['seconds_per_query']:.1f} |")
     if scale:
         lines += ["", f"## Exact search at {scale['rows']:,} synthetic unit vectors (dim {scale['dim']})", "",
-                  "| precision | shard MB | s/query (one query) | s/query (batch of 32) |",
-                  "| --- | --- | --- | --- |"]
+                  "| precision | shard MB | cache MB | s/query, no cache | first search (writes the cache) s "
+                  "| s/query, cached | s/query in a batch of 32, cached |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for precision in PRECISIONS:
             row = scale[precision]
-            lines.append(f"| {precision} | {row['shard_bytes'] / 1e6:.0f} | {row['seconds_per_query']:.3f} | "
+            lines.append(f"| {precision} | {row['shard_bytes'] / 1e6:.0f} | {row['cache_bytes'] / 1e6:.0f} | "
+                         f"{row['seconds_per_query_uncached']:.3f} | "
+                         f"{row['seconds_first_search_writing_the_cache']:.2f} | "
+                         f"{row['seconds_per_query']:.3f} | "
                          f"{row['seconds_per_query_in_batch_of_32']:.4f} |")
     context = results["context"]
     lines += ["", f"Command: `{context['command']}`; CPU {context['cpu']['model']}, {context['usable_cpus']} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -134,6 +135,79 @@ def test_k_above_the_row_count_returns_every_row_best_first(tmp_path: Path) -> N
     np.testing.assert_allclose([hit.score for hit in hits], scores[0], atol=1e-6)
     empty = _vector_run(tmp_path / "empty", np.zeros((0, 8), np.float32), "float32")
     assert search_vectors(empty, vectors[:2], k=3) == [[], []]
+
+
+# --- the search cache: decoded shards as .npy, keyed by each shard's size and mtime -------------
+
+
+def _cache_files(run: Path) -> list[Path]:
+    return sorted((run / ".search-cache").glob("*.npy"))
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8", "ubinary"])
+def test_the_cache_is_written_once_read_later_and_changes_no_result(tmp_path: Path, precision: str) -> None:
+    vectors = _clustered(900, 16)
+    queries = _clustered(5, 16, seed=1)
+    run = _vector_run(tmp_path / "run", vectors, precision)
+    uncached = search_vectors(run, queries, k=10, cache=False)
+    assert not (run / ".search-cache").exists()
+    assert search_vectors(run, queries, k=10) == uncached
+    files = _cache_files(run)
+    assert [f.name.split(".")[0] for f in files] == ["part-00000", "part-00001", "part-00002"]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert search_vectors(run, queries, k=10, block_rows=50) == uncached
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # read, not written again
+    # Later searches read the cache, not the shard: codes changed there change the answer.
+    first = np.load(files[0])
+    np.save(files[0], np.zeros_like(first))
+    assert search_vectors(run, queries, k=10) != uncached
+    assert search_vectors(run, queries, k=10, cache=False) == uncached
+
+
+def test_a_rewritten_shard_is_decoded_again_and_its_old_cache_removed(tmp_path: Path) -> None:
+    vectors = _clustered(900, 16)
+    run = _vector_run(tmp_path / "run", vectors, "float32")
+    search_vectors(run, vectors[:3], k=5)
+    old = _cache_files(run)[0]
+    np.save(old, np.zeros((300, 16), np.float32))  # a wrong cache, for the old shard
+    shard = run / "shards" / "part-00000.parquet"
+    stat = shard.stat()
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # as a rewrite would
+    order, _ = _brute_force(vectors, vectors[:3], 5)
+    assert [_rows(hits) for hits in search_vectors(run, vectors[:3], k=5)] == order.tolist()
+    assert not old.exists() and len(_cache_files(run)) == 3
+
+
+def test_a_bad_or_unwritable_cache_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    vectors = _clustered(900, 16)
+    order, _ = _brute_force(vectors, vectors[:3], 5)
+    run = _vector_run(tmp_path / "run", vectors, "float32")
+    search_vectors(run, vectors[:3], k=5)
+    broken, wrong = _cache_files(run)[:2]
+    broken.write_bytes(b"not numpy")
+    rows = len(np.load(wrong))
+    np.save(wrong, np.zeros((rows - 1, 16), np.float32))
+    with caplog.at_level(logging.WARNING):
+        assert [_rows(hits) for hits in search_vectors(run, vectors[:3], k=5)] == order.tolist()
+    assert "is unreadable" in caplog.text and f"expected float32 ({rows}, 16)" in caplog.text
+    other = _vector_run(tmp_path / "other", vectors, "float32")
+    (other / ".search-cache").write_text("a file where the cache directory would go")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert [_rows(hits) for hits in search_vectors(other, vectors[:3], k=5)] == order.tolist()
+    assert "cannot write the search cache" in caplog.text
+
+
+def test_overwriting_a_run_clears_its_search_cache(tmp_path: Path) -> None:
+    from embedrt.runtime.corpus.record import clear_run
+
+    run = _vector_run(tmp_path / "run", _clustered(900, 16), "float32")
+    search_vectors(run, _clustered(2, 16), k=5)
+    assert len(_cache_files(run)) == 3
+    clear_run(run)
+    assert _cache_files(run) == [] and not (run / "run.json").exists()
 
 
 # --- int8 / ubinary: compact first pass, then rescoring ------------------------------------------

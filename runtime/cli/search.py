@@ -36,11 +36,16 @@ def command(
         int, typer.Option(min=1, help="Candidates rescored, as a multiple of -k.")
     ] = DEFAULT_RESCORE_MULTIPLIER,
     threads: ThreadsOption = None,
+    cache: Annotated[
+        bool,
+        typer.Option(help="Read, and on the first search write, the decoded shards in "
+                          "DIR/.search-cache (the size of the raw vectors; much faster later searches)."),
+    ] = True,
 ) -> None:
     """Search an embedded corpus: exact top-k by cosine, one JSON line per result (id, score).
 
     Example: embedrt search vectors/ "how do I reset my password" -k 5
     """
     hits = search(directory, query, k=k, model=model, threads=threads, rescore=rescore,
-                  rescore_multiplier=rescore_multiplier)
+                  rescore_multiplier=rescore_multiplier, cache=cache)
     sys.stdout.write("".join(json.dumps({"id": hit.id, "score": hit.score}) + "\n" for hit in hits))

@@ -20,7 +20,15 @@ from typing import Any
 
 from ..errors import Param
 from .errors import CorpusError, RunMismatchError
-from .writer import SHARDS_DIR, SKIPPED_DIR, WORK_DIR, FinishedUnit, sync_directory, write_atomic
+from .writer import (
+    SEARCH_CACHE_DIR,
+    SHARDS_DIR,
+    SKIPPED_DIR,
+    WORK_DIR,
+    FinishedUnit,
+    sync_directory,
+    write_atomic,
+)
 
 RUN_FILE = "run.json"
 SKIPPED_FILE = "skipped.jsonl"
@@ -224,10 +232,10 @@ def clear_run(out_dir: Path) -> None:
             path.unlink()
         with contextlib.suppress(OSError):  # left in place if the user put other files there
             shards.rmdir()
-    work = out_dir / WORK_DIR
-    if work.is_dir():
-        for path in work.iterdir():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for owned in (WORK_DIR, SEARCH_CACHE_DIR):
+        if (out_dir / owned).is_dir():
+            for path in (out_dir / owned).iterdir():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     sync_directory(out_dir)
 
 

@@ -24,6 +24,7 @@ from .embedding import EmbeddedChunk
 from .reader import Unit
 
 SHARDS_DIR = "shards"
+SEARCH_CACHE_DIR = ".search-cache"  # written by search (search.py): decoded shards, as .npy
 WORK_DIR = ".work"
 SKIPPED_DIR = "skipped"
 COMPRESSION = "zstd"
