@@ -18,7 +18,8 @@ repeat. Usage (the figures only mean something on a quiet machine)::
     python -m embedrt.bench.corpus_job --out bench/results/corpus-job [--model DIR] [--rows 200000]
         [--long-rows 20000] [--threads 2] [--processes 2] [--repeats 3]
 
-``--rows 2000 --long-rows 200 --repeats 1`` checks that it runs.
+``--rows 2000 --long-rows 200 --repeats 1`` checks that it runs; ``--processes 1`` leaves the
+several-processes layouts out (half the time).
 """
 
 from __future__ import annotations
@@ -117,9 +118,14 @@ def _collect(process: Any) -> dict[str, Any]:  # a subprocess.Popen[str]
 
 
 def measure(corpus: Path, model: Path, threads: int, processes: int) -> dict[str, Any]:
-    """One repeat of the three systems on ``corpus``."""
+    """One repeat of the systems on ``corpus`` (with ``processes`` 1: offline and the job only)."""
     offline = _collect(_spawn("offline", corpus, model, threads))
     job = _collect(_spawn("job", corpus, model, threads))
+    if processes == 1:
+        results: dict[str, Any] = {"offline": offline, "job": job}
+        for result in results.values():
+            result["texts_per_second"] = round(result["texts"] / result["seconds"], 1)
+        return results
     job_processes = _collect(_spawn("job", corpus, model, threads, 0, processes))
     children = [_spawn("offline", corpus, model, max(1, threads // processes), i, processes)
                 for i in range(processes)]
@@ -183,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=200_000, help="Short texts (default 200000).")
     parser.add_argument("--long-rows", type=int, default=20_000, help="Long texts (default 20000).")
     parser.add_argument("--threads", type=int, default=None, help="Thread budget (default: usable CPUs).")
-    parser.add_argument("--processes", type=int, default=2, help="Processes of the alternative layout.")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="Processes of the alternative layout (1: measure offline and the job only).")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", choices=["offline", "job"], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
