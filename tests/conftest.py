@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -42,6 +43,25 @@ def _tiny_models_module() -> ModuleType:
 def tiny_models() -> ModuleType:
     """The module that builds the tiny models (``build``, ``add_stage``, ``WORDS``, ``ARCHITECTURES``)."""
     return _tiny_models_module()
+
+
+@pytest.fixture(scope="session")
+def running_server() -> Callable[..., Any]:
+    """test_server.py's launcher of a real ``embedrt serve`` process, for other test files.
+
+    ``with running_server(model, log_dir, *cli_args) as server:`` yields its ``Server``
+    (``url``, ``log()``); skips without the [serve] extra.
+    """
+    pytest.importorskip("starlette", reason="the server needs the [serve] extra (starlette)")
+    pytest.importorskip("uvicorn", reason="the server needs the [serve] extra (uvicorn)")
+    pytest.importorskip("httpx", reason="the server tests need httpx (the [dev] extra)")
+    spec = importlib.util.spec_from_file_location("_server_tests", Path(__file__).with_name("test_server.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    launcher: Callable[..., Any] = module.running_server
+    return launcher
 
 
 @pytest.fixture(scope="session")

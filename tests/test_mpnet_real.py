@@ -87,3 +87,29 @@ def test_other_variants_pass_their_gates(variant: str, mpnet_variant: Callable[[
     parity = Manifest.load(artefact).parity
     assert parity is not None and parity.passed
     print(f"\nall-mpnet-base-v2 {variant}: {parity.summary()}")
+
+
+def test_int8_through_the_cli_and_the_server(
+    mpnet_int8: Path, torch_vectors: Any, texts: list[str], tmp_path: Path,
+    running_server: Callable[..., Any],
+) -> None:
+    """The int8 artefact as users meet it: `embedrt embed` and a real `embedrt serve` process."""
+    import json
+    import subprocess
+    import sys
+
+    import httpx
+
+    sample = texts[:6]
+    offline = Embedder.load(mpnet_int8).embed(sample)
+    assert row_cosines(offline, torch_vectors[:6]).min() >= 0.99
+    command = [sys.executable, "-m", "embedrt.runtime.cli", "embed", *sample, "--model", str(mpnet_int8)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    cli = np.array([json.loads(line)["embedding"] for line in done.stdout.splitlines()], np.float32)
+    assert cli.shape == (6, 768) and row_cosines(cli, offline).min() >= 0.99999
+
+    with running_server(mpnet_int8, tmp_path) as server:
+        response = httpx.post(f"{server.url}/v1/embeddings", json={"input": sample}, timeout=120)
+    assert response.status_code == 200, response.text
+    served = np.array([item["embedding"] for item in response.json()["data"]], np.float32)
+    assert served.shape == (6, 768) and row_cosines(served, offline).min() >= 0.99999

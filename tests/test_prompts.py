@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,17 +149,12 @@ def test_cli_info_lists_the_prompts(prompted: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def client(prompted: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    pytest.importorskip("starlette", reason="the server needs the [serve] extra")
-    httpx = pytest.importorskip("httpx", reason="the server tests need httpx")
-    import importlib.util
+def client(
+    prompted: Path, running_server: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    import httpx
 
-    spec = importlib.util.spec_from_file_location("_server_tests", Path(__file__).with_name("test_server.py"))
-    assert spec is not None and spec.loader is not None
-    server_tests = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = server_tests  # its dataclasses look their module up there
-    spec.loader.exec_module(server_tests)  # its real-process server launcher, running_server
-    with server_tests.running_server(prompted, tmp_path_factory.mktemp("prompted-server")) as server, \
+    with running_server(prompted, tmp_path_factory.mktemp("prompted-server")) as server, \
             httpx.Client(base_url=server.url, timeout=30) as http:
         yield http
 
