@@ -240,6 +240,18 @@ def test_rescoring_improves_recall_and_scores_are_cosines_of_dequantised_vectors
     assert search_vectors(run, queries, k=10, block_rows=97) == rescored
 
 
+@pytest.mark.parametrize("dim", [64, 20])  # whole 8-byte words, and 3 bytes with 4 padding bits
+def test_ubinary_first_pass_scores_are_the_cosines_of_the_sign_vectors(tmp_path: Path, dim: int) -> None:
+    vectors = _clustered(500, dim, seed=4)
+    queries = _clustered(3, dim, seed=5)
+    run = _vector_run(tmp_path / "run", vectors, "ubinary", shard_rows=(200,))
+    signs = np.where(vectors > 0, 1.0, -1.0)
+    want = np.where(queries > 0, 1.0, -1.0) @ signs.T / dim
+    for hits, row in zip(search_vectors(run, queries, k=500, rescore=False), want, strict=True):
+        assert sorted(_rows(hits)) == list(range(500))
+        np.testing.assert_array_equal([hit.score for hit in hits], row[_rows(hits)])
+
+
 # --- the real pipeline: embed-corpus, then search in Python and on the command line -------------
 
 

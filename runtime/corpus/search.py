@@ -208,13 +208,23 @@ class _FirstPass:
         elif run.precision == "ubinary":
             self.dtype = np.float32
             self.queries = np.where(queries > 0, np.float32(1), np.float32(-1))
+            # Hamming distance by popcount (numpy >= 2) on 8-byte words where the code width allows
+            self.words = np.uint64 if code_width("ubinary", run.dim) % 8 == 0 else np.uint8
+            self.packed = quantize_embeddings(queries, "ubinary").view(self.words)
         else:
             self.dtype = np.float32
             self.queries = queries
 
     def scores(self, codes: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        if self.precision == "ubinary" and hasattr(np, "bitwise_count"):
+            # +-1 vectors: dot = dim - 2 * hamming, so dot / dim = 1 - 2 * hamming / dim (the
+            # padding bits are 0 in both, so they never count)
+            words = np.ascontiguousarray(codes).view(self.words)
+            hamming = np.empty((len(self.packed), len(codes)), np.int64)
+            for row, query in enumerate(self.packed):
+                hamming[row] = np.bitwise_count(words ^ query).sum(axis=1, dtype=np.int64)
+            return (self.dim - 2 * hamming) / self.dim
         if self.precision == "ubinary":
-            # +-1 vectors: dot = dim - 2 * hamming, so dot / dim = 1 - 2 * hamming / dim
             bits = np.unpackbits(codes, axis=-1, count=self.dim).astype(np.float32)
             bits *= 2
             bits -= 1
