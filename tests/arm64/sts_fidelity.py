@@ -1,13 +1,14 @@
 """Fidelity of an artefact to torch on the STS-B dev sentences, measured where it runs (issue 14).
 
     python tests/arm64/sts_fidelity.py reference OUT.npz [LIMIT]      # x86, [export] extra
-    python tests/arm64/sts_fidelity.py measure ARTEFACT REF.npz [X86_ARTEFACT_VECTORS.npz]
+    python tests/arm64/sts_fidelity.py measure ARTEFACT REF.npz [save=OUT.npy] [compare=OTHER.npy]
 
 ``reference`` embeds the (first LIMIT) STS-B dev pairs' sentences with sentence-transformers
 on torch (the bundled all-MiniLM-L6-v2). ``measure`` embeds them with the artefact here (arm64
 under emulation, base install) and prints cosine to torch (min / mean), STS-B Spearman x100 of
-the pair cosines against the gold scores, and, given the x86 run's vectors of the same artefact
-(``--save`` on x86), the cosine to those. Batch size 32, as in the README's table.
+the pair cosines against the gold scores; ``save=`` keeps this run's vectors, and ``compare=``
+(another run's saved vectors of the same artefact, e.g. x86's) adds the cosine to those. Batch
+size 32, as in the README's table.
 """
 
 from __future__ import annotations
