@@ -119,24 +119,21 @@ def _collect(process: Any) -> dict[str, Any]:  # a subprocess.Popen[str]
 
 def measure(corpus: Path, model: Path, threads: int, processes: int) -> dict[str, Any]:
     """One repeat of the systems on ``corpus`` (with ``processes`` 1: offline and the job only)."""
-    offline = _collect(_spawn("offline", corpus, model, threads))
-    job = _collect(_spawn("job", corpus, model, threads))
-    if processes == 1:
-        results: dict[str, Any] = {"offline": offline, "job": job}
-        for result in results.values():
-            result["texts_per_second"] = round(result["texts"] / result["seconds"], 1)
-        return results
-    job_processes = _collect(_spawn("job", corpus, model, threads, 0, processes))
-    children = [_spawn("offline", corpus, model, max(1, threads // processes), i, processes)
-                for i in range(processes)]
-    parts = [_collect(c) for c in children]
-    wall = max(p["end"] for p in parts) - min(p["start"] for p in parts)
-    results = {
-        "offline": offline, "job": job, f"job, {processes} processes": job_processes,
-        "processes": {"texts": sum(p["texts"] for p in parts), "seconds": wall, "processes": processes,
-                      "threads_each": max(1, threads // processes),
-                      "peak_rss_mib": sum(p["peak_rss_mib"] or 0 for p in parts)},
+    results: dict[str, Any] = {
+        "offline": _collect(_spawn("offline", corpus, model, threads)),
+        "job": _collect(_spawn("job", corpus, model, threads)),
     }
+    if processes > 1:
+        results[f"job, {processes} processes"] = _collect(_spawn("job", corpus, model, threads, 0, processes))
+        children = [_spawn("offline", corpus, model, max(1, threads // processes), i, processes)
+                    for i in range(processes)]
+        parts = [_collect(c) for c in children]
+        wall = max(p["end"] for p in parts) - min(p["start"] for p in parts)
+        results["processes"] = {
+            "texts": sum(p["texts"] for p in parts), "seconds": wall, "processes": processes,
+            "threads_each": max(1, threads // processes),
+            "peak_rss_mib": sum(p["peak_rss_mib"] or 0 for p in parts),
+        }
     for result in results.values():
         result["texts_per_second"] = round(result["texts"] / result["seconds"], 1)
     return results

@@ -200,6 +200,7 @@ class _FirstPass:
     def __init__(self, run: SearchRun, queries: npt.NDArray[np.float32]) -> None:
         self.precision = run.precision
         self.dim = run.dim
+        self.packed: npt.NDArray[Any] | None = None  # ubinary queries as words, for popcount
         if run.precision == "int8":
             codes = quantize_embeddings(queries, "int8", run.calibration)
             exact32 = run.dim <= _EXACT_FLOAT32_DOT_DIM
@@ -207,18 +208,20 @@ class _FirstPass:
             self.queries = codes.astype(self.dtype)
         elif run.precision == "ubinary":
             self.dtype = np.float32
-            self.queries = np.where(queries > 0, np.float32(1), np.float32(-1))
-            # Hamming distance by popcount (numpy >= 2) on 8-byte words where the code width allows
-            self.words = np.uint64 if code_width("ubinary", run.dim) % 8 == 0 else np.uint8
-            self.packed = quantize_embeddings(queries, "ubinary").view(self.words)
+            if hasattr(np, "bitwise_count"):  # Hamming distance by popcount (numpy >= 2)
+                # on 8-byte words where the code width allows
+                self.words = np.uint64 if code_width("ubinary", run.dim) % 8 == 0 else np.uint8
+                self.packed = quantize_embeddings(queries, "ubinary").view(self.words)
+            else:  # numpy 1.x: the same scores as a product of +-1 vectors
+                self.queries = np.where(queries > 0, np.float32(1), np.float32(-1))
         else:
             self.dtype = np.float32
             self.queries = queries
 
     def scores(self, codes: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-        if self.precision == "ubinary" and hasattr(np, "bitwise_count"):
-            # +-1 vectors: dot = dim - 2 * hamming, so dot / dim = 1 - 2 * hamming / dim (the
-            # padding bits are 0 in both, so they never count)
+        # ubinary: for +-1 vectors dot = dim - 2 * hamming, so dot / dim = 1 - 2 * hamming / dim
+        # (padding bits are 0 in both codes, so they never count)
+        if self.packed is not None:
             words = np.ascontiguousarray(codes).view(self.words)
             hamming = np.empty((len(self.packed), len(codes)), np.int64)
             for row, query in enumerate(self.packed):
@@ -384,7 +387,7 @@ def _shard_codes(
     values = column.values if column.offset == 0 else column.flatten()  # .values: no copy
     decoded: npt.NDArray[Any] = values.to_numpy(zero_copy_only=False).reshape(-1, width)
     if cached is not None:
-        _write_cache(cached, decoded)
+        _write_cache(cached, shard.stem, decoded)
     return decoded
 
 
@@ -413,8 +416,8 @@ def _read_cache(path: Path, shape: tuple[int, int], dtype: np.dtype[Any]) -> npt
     return codes
 
 
-def _write_cache(path: Path, codes: npt.NDArray[Any]) -> None:
-    """Write ``codes`` to ``path`` atomically and drop the shard's older cache files.
+def _write_cache(path: Path, stem: str, codes: npt.NDArray[Any]) -> None:
+    """Write ``codes`` to ``path`` atomically and drop older cache files of the shard ``stem``.
 
     A failure is logged, not raised: the search goes on without the cache.
     """
@@ -424,7 +427,6 @@ def _write_cache(path: Path, codes: npt.NDArray[Any]) -> None:
         with open(temporary, "wb") as file:
             np.save(file, codes, allow_pickle=False)
         os.replace(temporary, path)
-        stem = path.name[: path.name.rindex(".", 0, -len(".npy"))]  # the shard's file stem
         for stale in path.parent.glob(f"{glob.escape(stem)}.*-*.npy"):
             if stale != path and re.fullmatch(r"\d+-\d+\.npy", stale.name[len(stem) + 1 :]):
                 stale.unlink(missing_ok=True)
