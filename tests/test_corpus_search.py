@@ -144,6 +144,20 @@ def _cache_files(run: Path) -> list[Path]:
     return sorted((run / ".search-cache").glob("*.npy"))
 
 
+def _same_hits(got: list[list[SearchHit]], want: list[list[SearchHit]]) -> None:
+    """Same rows in the same order; scores equal to float32 rounding.
+
+    Another ``block_rows`` scores rows in matrices of another shape, and BLAS may sum those in
+    another order (on an AMD EPYC the last bits of float32 scores moved), so only the rows are
+    compared exactly.
+    """
+    assert [[hit.id for hit in hits] for hits in got] == [[hit.id for hit in hits] for hits in want]
+    for got_hits, want_hits in zip(got, want, strict=True):
+        np.testing.assert_allclose(
+            [hit.score for hit in got_hits], [hit.score for hit in want_hits], rtol=0, atol=1e-6
+        )
+
+
 @pytest.mark.parametrize("precision", ["float32", "int8", "ubinary"])
 def test_the_cache_is_written_once_read_later_and_changes_no_result(tmp_path: Path, precision: str) -> None:
     vectors = _clustered(900, 16)
@@ -155,7 +169,7 @@ def test_the_cache_is_written_once_read_later_and_changes_no_result(tmp_path: Pa
     files = _cache_files(run)
     assert [f.name.split(".")[0] for f in files] == ["part-00000", "part-00001", "part-00002"]
     stamps = [f.stat().st_mtime_ns for f in files]
-    assert search_vectors(run, queries, k=10, block_rows=50) == uncached
+    _same_hits(search_vectors(run, queries, k=10, block_rows=50), uncached)
     assert [f.stat().st_mtime_ns for f in files] == stamps  # read, not written again
     # Later searches read the cache, not the shard: codes changed there change the answer.
     first = np.load(files[0])
@@ -237,7 +251,7 @@ def test_rescoring_improves_recall_and_scores_are_cosines_of_dequantised_vectors
     everything = search_vectors(run, queries, k=10, rescore_multiplier=300, block_rows=333)
     assert [_rows(hits) for hits in everything] == order.tolist()
     # blocks of any size give the same answer
-    assert search_vectors(run, queries, k=10, block_rows=97) == rescored
+    _same_hits(search_vectors(run, queries, k=10, block_rows=97), rescored)
 
 
 @pytest.mark.parametrize("dim", [64, 20])  # whole 8-byte words, and 3 bytes with 4 padding bits
