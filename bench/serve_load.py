@@ -316,6 +316,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--open-duration", type=float, default=60.0, help="Open loop: seconds per load.")
     parser.add_argument("--capacity-duration", type=float, default=15.0,
                         help="Open loop: seconds of the closed-loop capacity measurement.")
+    parser.add_argument("--capacity", type=float, default=None,
+                        help="Open loop: still measure capacity, but offer --load fractions of this many "
+                        "requests/s instead (to compare server settings at the same offered rates).")
     parser.add_argument("--offline-texts", type=int, default=512,
                         help="Short sentences for the offline figures.")
     args = parser.parse_args(argv)
@@ -357,9 +360,15 @@ def open_loop_phases(port: int, args: argparse.Namespace, batch1_p50_ms: float) 
     capacity = closed.summary()
     capacity["clients"] = args.concurrency
     logger.info("capacity: %.0f requests/s", capacity["requests_per_s"])
+    if args.capacity is not None:
+        if args.capacity <= 0:
+            raise SystemExit(f"--capacity must be positive, got {args.capacity}")
+        capacity["offered_fractions_of"] = args.capacity
+        logger.info("loads are fractions of the given %.0f requests/s", args.capacity)
+    base = capacity.get("offered_fractions_of", capacity["requests_per_s"])
     phases: dict[str, Any] = {}
     for index, load in enumerate(args.load or LOADS):
-        rate = load * capacity["requests_per_s"]
+        rate = load * base
         schedule = poisson_schedule(rate, args.open_duration, seed=index)
         logger.info("open loop at %.0f %% of capacity: %d requests over %.0f s", 100 * load, len(schedule),
                     args.open_duration)

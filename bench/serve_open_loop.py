@@ -216,7 +216,9 @@ def markdown(results: dict[str, Any]) -> str:
              f"Offline (same artefact): batch-1 p50 {off['batch1_p50_ms']:.2f} ms; batch-32 "
              f"{off['batch32_texts_per_s']:.0f} texts/s.", "",
              f"Capacity (closed loop, {capacity['clients']} clients, single short sentences, "
-             f"{capacity['seconds']:.0f} s): {capacity['requests_per_s']:.0f} requests/s.", "",
+             f"{capacity['seconds']:.0f} s): {capacity['requests_per_s']:.0f} requests/s"
+             + (f"; loads below are fractions of the given {capacity['offered_fractions_of']:.0f} requests/s "
+                "(--capacity)." if "offered_fractions_of" in capacity else "."), "",
              "Poisson arrivals, latency from each request's scheduled send time (no coordinated omission).",
              "", "| load | offered req/s | achieved req/s | achieved / offered | p50 ms | p95 ms | p99 ms "
              "| p99 / batch-1 p50 | errors | send lag p99 ms | connections |",

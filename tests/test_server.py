@@ -472,3 +472,45 @@ def test_schema_fuzz_finds_no_server_error(server: Server) -> None:
                 case.call_and_validate(base_url=server.url, checks=checks)
 
             fuzz()
+
+
+# --- batching without a wait ----------------------------------------------------------------
+
+
+class _Calls:
+    """A batch observer that records the rows of every inference call."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+
+    def queue_depth(self, depth: int) -> None:
+        """Ignore it."""
+
+    def tokenized(self, seconds: float, tokens: int, truncated: int) -> None:
+        """Ignore it."""
+
+    def inferred(self, seconds: float, rows: int, padded_tokens: int) -> None:
+        self.rows.append(rows)
+
+
+def test_without_a_wait_requests_queued_during_a_batch_share_the_next(
+    offline: Embedder, words: list[str]
+) -> None:
+    """max_wait_ms=0 (the default) still batches: what queues while a batch runs forms the next."""
+    from embedrt.runtime.serve.batcher import Batcher
+    from embedrt.runtime.serve.config import DEFAULTS
+
+    assert DEFAULTS.max_wait_ms == 0
+    calls = _Calls()
+    batcher = Batcher(offline, DEFAULTS, calls)
+    batcher.start()
+    requests = [_sentences(words, 1, offset=i) for i in range(40)]
+    try:
+        futures = [batcher.submit(texts) for texts in requests]  # faster than one inference call
+        results = [future.result(timeout=60) for future in futures]
+    finally:
+        batcher.close()
+    for texts, result in zip(requests, results, strict=True):
+        assert _cosines(result.vectors, offline.embed(texts)).min() >= 0.99999
+    assert sum(calls.rows) == 40
+    assert len(calls.rows) <= 4, f"40 queued requests ran as {len(calls.rows)} calls: {calls.rows}"

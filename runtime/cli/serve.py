@@ -39,7 +39,9 @@ def command(
     max_batch_size: Annotated[int, _option("MAX_BATCH_SIZE", "Rows per inference call.", min=1)]
     = DEFAULTS.max_batch_size,
     max_wait_ms: Annotated[float, _option(
-        "MAX_WAIT_MS", "How long a request waits for others to batch with.", min=0)] = DEFAULTS.max_wait_ms,
+        "MAX_WAIT_MS",
+        "How long a request waits for others to batch with (0: none; requests that arrive while "
+        "a batch runs form the next).", min=0)] = DEFAULTS.max_wait_ms,
     max_queue: Annotated[int, _option(
         "MAX_QUEUE", "Inputs queued or in flight; beyond it requests get 503.", min=2)] = DEFAULTS.max_queue,
     pad_to_multiple_of: Annotated[int, _option(

@@ -2,10 +2,11 @@
 
 One dedicated thread owns tokenisation and inference, so the two never fight over cores
 and the server's event loop never blocks on them. Requests hand their texts to the thread
-through a queue and wait on a future; the thread gathers what has arrived (waiting at most
-``max_wait_ms`` after the first request), tokenises each request, sorts every input by
-length, cuts batches whose padded size (rows x width) stays under ``max_batch_tokens``, and
-scatters the rows back so each request gets exactly its own vectors, in its order.
+through a queue and wait on a future; the thread gathers what has arrived (what queued while
+the previous batch ran, and what arrives within ``max_wait_ms`` of the first request, 0 by
+default), tokenises each request, sorts every input by length, cuts batches whose padded size
+(rows x width) stays under ``max_batch_tokens``, and scatters the rows back so each request
+gets exactly its own vectors, in its order.
 
 Pooling is mask-aware, so a text's fp32 vector does not depend on its batch neighbours:
 the result equals :meth:`Embedder.encode` on the request's texts alone.
