@@ -322,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--offline-texts", type=int, default=512,
                         help="Short sentences for the offline figures.")
     args = parser.parse_args(argv)
+    if args.capacity is not None and args.capacity <= 0:
+        parser.error(f"--capacity must be positive, got {args.capacity}")
     logging.basicConfig(level=logging.INFO, format="serve_load: %(message)s")
     load_start = os.getloadavg()[0]
     offline = offline_figures(args.model, args.threads, short_sentences(args.offline_texts, seed=1))
@@ -361,8 +363,6 @@ def open_loop_phases(port: int, args: argparse.Namespace, batch1_p50_ms: float) 
     capacity["clients"] = args.concurrency
     logger.info("capacity: %.0f requests/s", capacity["requests_per_s"])
     if args.capacity is not None:
-        if args.capacity <= 0:
-            raise SystemExit(f"--capacity must be positive, got {args.capacity}")
         capacity["offered_fractions_of"] = args.capacity
         logger.info("loads are fractions of the given %.0f requests/s", args.capacity)
     base = capacity.get("offered_fractions_of", capacity["requests_per_s"])
