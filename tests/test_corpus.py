@@ -353,6 +353,21 @@ def test_a_third_run_on_a_finished_run_does_nothing(tiny_bert, texts, tmp_path) 
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_temporary_files_of_a_killed_session_are_removed_on_resume(tiny_bert, texts, tmp_path) -> None:
+    """A kill between writing run.json's temporary file and renaming it leaves that file."""
+    path = write_inputs(tmp_path / "in", texts)["jsonl"]
+    out = tmp_path / "out"
+    embed_corpus([path], out, tiny_bert, CorpusOptions(**SMALL))
+    finished = output_bytes(out)
+    leftovers = [out / ".run.json.4242.tmp", out / "shards" / ".part-00000.parquet.4242.tmp"]
+    for leftover in leftovers:
+        leftover.write_text('{"format": "embedrt-corpus-run", "status": "running"')
+    result = embed_corpus([path], out, tiny_bert, CorpusOptions(**SMALL))
+    assert result.status == "already complete"
+    assert not any(leftover.exists() for leftover in leftovers)
+    assert output_bytes(out) == finished
+
+
 def test_an_output_directory_that_is_not_a_run_or_is_busy_is_refused(tiny_bert, texts, tmp_path) -> None:
     path = write_inputs(tmp_path / "in", texts[:3])["jsonl"]
     foreign = tmp_path / "foreign"

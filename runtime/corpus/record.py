@@ -26,6 +26,7 @@ from .writer import (
     SKIPPED_DIR,
     WORK_DIR,
     FinishedUnit,
+    atomic_leftovers,
     sync_directory,
     write_atomic,
 )
@@ -180,7 +181,9 @@ class RunRecord:
         }
 
     def _clean_unfinished(self) -> None:
-        """Delete shards and skipped lists a killed session wrote but did not record."""
+        """Delete shards, skipped lists and temporary files a killed session left unrecorded."""
+        for path in atomic_leftovers(self.out_dir / RUN_FILE):  # killed while saving run.json
+            path.unlink()
         for folder, suffix in ((SHARDS_DIR, ".parquet"), (f"{WORK_DIR}/{SKIPPED_DIR}", ".jsonl")):
             directory = self.out_dir / folder
             if directory.is_dir():

@@ -141,7 +141,10 @@ class ShardWriter:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, flushed, then renamed over it."""
+    """Write ``text`` to ``path`` through a temporary file, flushed, then renamed over it.
+
+    A process killed between the two leaves the temporary file: see :func:`atomic_leftovers`.
+    """
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with temporary.open("w", encoding="utf-8") as handle:
         handle.write(text)
@@ -149,6 +152,11 @@ def write_atomic(path: Path, text: str) -> None:
         os.fsync(handle.fileno())
     os.replace(temporary, path)
     sync_directory(path.parent)
+
+
+def atomic_leftovers(path: Path) -> list[Path]:
+    """Temporary files :func:`write_atomic` left beside ``path`` (their writers were killed)."""
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
 
 
 def sync_directory(path: Path) -> None:
