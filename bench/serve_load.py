@@ -362,10 +362,10 @@ def open_loop_phases(port: int, args: argparse.Namespace, batch1_p50_ms: float) 
     capacity = closed.summary()
     capacity["clients"] = args.concurrency
     logger.info("capacity: %.0f requests/s", capacity["requests_per_s"])
+    base = capacity["requests_per_s"]
     if args.capacity is not None:
-        capacity["offered_fractions_of"] = args.capacity
-        logger.info("loads are fractions of the given %.0f requests/s", args.capacity)
-    base = capacity.get("offered_fractions_of", capacity["requests_per_s"])
+        base = capacity["offered_fractions_of"] = args.capacity
+        logger.info("loads are fractions of the given %.0f requests/s", base)
     phases: dict[str, Any] = {}
     for index, load in enumerate(args.load or LOADS):
         rate = load * base
