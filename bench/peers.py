@@ -32,6 +32,7 @@ KIND_OPENVINO = "openvino"
 KIND_OPENVINO_NNCF = "openvino-nncf"
 KIND_ST_ONNX = "sentence-transformers-onnx"
 PRECISION_HINTS = ("f32", "bf16")
+_PRECISIONS = {"f32": "float32", "bf16": "bfloat16"}  # the hints' names in a manifest
 ST_QUANTIZATION = "avx512_vnni"
 ST_QUANTIZED_FILE = f"onnx/model_qint8_{ST_QUANTIZATION}.onnx"
 NNCF_MODEL_FILE = "model-nncf-int8.xml"
@@ -46,19 +47,6 @@ def _openvino() -> Any:  # the openvino module (typed only partly): imported on 
     return openvino
 
 
-class _OpenVINORunner:
-    """The one method :class:`~embedrt.runtime.Embedder` calls on its session, over OpenVINO."""
-
-    def __init__(self, compiled: Any) -> None:
-        self._compiled = compiled
-        self._request = compiled.create_infer_request()
-
-    def run(self, names: Sequence[str], feeds: dict[str, npt.NDArray[np.int64]]) -> list[npt.NDArray[Any]]:
-        """Infer and return the named outputs (the Embedder pools them before the next call)."""
-        result = self._request.infer(feeds)
-        return [np.asarray(result[self._compiled.output(name)]) for name in names]
-
-
 class OpenVINOSystem:
     """OpenVINO's CPU plugin on an ONNX or IR file, behind embedrt's tokenise-batch-pool path.
 
@@ -68,8 +56,9 @@ class OpenVINOSystem:
 
     def __init__(self, spec: SystemSpec) -> None:
         from embedrt.runtime import Embedder, Manifest
+        from embedrt.runtime.backends import OpenVINOSession
 
-        openvino = _openvino()
+        _openvino()  # a clear skip line when it is missing
         hint = spec.option or "f32"
         if hint not in PRECISION_HINTS:
             raise ValueError(f"OpenVINO precision hint {hint!r} is not one of {', '.join(PRECISION_HINTS)}")
@@ -80,18 +69,15 @@ class OpenVINOSystem:
         if not model_file.is_file():
             raise SystemUnavailable(f"{model_file} is missing")
         manifest = Manifest.load(artefact)
-        config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": spec.threads,
-                  "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
-        compiled = openvino.Core().compile_model(str(model_file), "CPU", config)
+        # The engine the bf16 variant runs on: the same settings as embedrt's own artefacts.
+        session = OpenVINOSession(model_file, spec.threads, _PRECISIONS[hint], spec.name)
         tokenizer, untruncated = runtime_tokenizers(artefact / "tokenizer.json", manifest.max_seq_length)
-        # Embedder types its session as an onnxruntime InferenceSession; it only calls run().
-        runner: Any = _OpenVINORunner(compiled)
         self.spec = spec
-        self._embedder = Embedder(manifest, runner, tokenizer, untruncated, spec.threads, 32)
+        self._embedder = Embedder(manifest, session, tokenizer, untruncated, spec.threads, 32)
         self.metadata = {
             "variant": "int8 (NNCF)" if spec.prepared else hint,
-            "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
-            "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+            "inference_precision": session.precision,
+            "threads": spec.threads,
             "max_seq_length": manifest.max_seq_length,
             "default_batch_size": 32,
             "model_file": str(model_file),

@@ -165,12 +165,17 @@ class EmbedrtSystem:
 
     def __init__(self, spec: SystemSpec) -> None:
         from embedrt.runtime import Embedder
+        from embedrt.runtime.errors import MissingExtraError
 
         self.spec = spec
-        self._embedder = Embedder.load(spec.path, threads=spec.threads)
+        try:
+            self._embedder = Embedder.load(spec.path, threads=spec.threads)
+        except MissingExtraError as err:  # an artefact whose engine is not installed (bf16)
+            raise SystemUnavailable(str(err)) from err
         manifest = self._embedder.manifest
         self.metadata = {
             "variant": manifest.variant,
+            "engine": manifest.recipe.backend,
             "recipe": manifest.recipe.to_dict(),
             "max_seq_length": manifest.max_seq_length,
             "default_batch_size": self._embedder.batch_size,

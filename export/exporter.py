@@ -21,7 +21,7 @@ from embedrt.export.options import ExportOptions
 from embedrt.export.parity import compare, reference_embeddings, validation_sentences
 from embedrt.export.source import SourceModel, check_catalogue, read_source, resolve_source
 from embedrt.export.stages import dense_stages, write_dense_weights
-from embedrt.export.variants import BUILD_OPTIMISED, BUILD_QUANTISED, Variant, get_variant
+from embedrt.export.variants import BUILD_BF16, BUILD_OPTIMISED, BUILD_QUANTISED, Variant, get_variant
 from embedrt.runtime.errors import EmbedrtError, MissingExtraError, ParityError
 from embedrt.runtime.home import artefact_dir
 from embedrt.runtime.manifest import (
@@ -44,6 +44,12 @@ VERSIONED_PACKAGES = (
 )
 OUTPUT_NAME = "last_hidden_state"
 EXPORTED_RECIPE = ArtefactRecipe(method="optimum ONNX export, task feature-extraction", dtype="float32")
+BF16_RECIPE = ArtefactRecipe(
+    method="optimum ONNX export, task feature-extraction; run by OpenVINO's CPU plugin with "
+    "INFERENCE_PRECISION_HINT=bf16",
+    dtype="bfloat16",
+    backend="openvino",
+)
 
 
 def default_out_dir(model_name: str, variant: str) -> Path:
@@ -73,7 +79,8 @@ def export_model(
     Raises:
         SourceModelError: the source cannot be reproduced faithfully (names the stage).
         CatalogueMismatchError: a catalogue model's folder disagrees with its entry.
-        MissingExtraError: the [export] extra is not installed.
+        MissingExtraError: the [export] extra is not installed, or the variant's engine
+            (OpenVINO for ``bf16``: the [openvino] extra).
         QuantizationError: a quantised variant cannot be built (e.g. AccuracyTargetError).
         ParityError: the artefact disagrees with torch beyond the variant's tolerance;
             nothing is written then.
@@ -82,6 +89,7 @@ def export_model(
     options = options or ExportOptions()
     step = progress or (lambda message: logger.info("%s", message))
     variant = get_variant(options.variant)
+    _check_backend(variant)
     step("reading the source model")
     folder, name = resolve_source(source)
     model = read_source(folder, name)
@@ -156,7 +164,20 @@ def _build_variant(
 
         with _quiet("embedrt.runtime", "onnxruntime"):
             return quantise_variant(variant.name, staging, model.path, options, step)
+    if variant.build == BUILD_BF16:
+        return BF16_RECIPE
     return EXPORTED_RECIPE
+
+
+def _check_backend(variant: Variant) -> None:
+    """Fail before any work when the variant's engine is not installed (parity runs on it)."""
+    if variant.backend == "openvino":
+        try:
+            import openvino  # noqa: F401
+        except ImportError as err:
+            raise MissingExtraError(
+                "openvino", f"embedrt export --variant {variant.name}", "openvino"
+            ) from err
 
 
 def _export_onnx(model: SourceModel, staging: Path, opset: int | None) -> tuple[str, ...]:

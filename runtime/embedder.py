@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
+from .backends import Session, open_session
 from .cpus import usable_cpus, warn_missing_cpu_flags
 from .dimensions import check_truncate_dim, truncate_dims
 from .errors import ArtefactError, ArtefactNotFoundError, InputTooLongError, Param
@@ -55,7 +55,7 @@ class Embedder:
     def __init__(
         self,
         manifest: Manifest,
-        session: ort.InferenceSession,
+        session: Session,
         tokenizer: Tokenizer,
         untruncated_tokenizer: Tokenizer,
         threads: int,
@@ -99,8 +99,9 @@ class Embedder:
 
         Args:
             path: directory holding ``manifest.json``, ``model.onnx`` and ``tokenizer.json``.
-            threads: onnxruntime intra-op threads; default: the CPUs this process may use
-                (its affinity mask and cgroup quota, not the host's core count).
+            threads: the engine's threads (onnxruntime's intra-op threads, OpenVINO's
+                inference threads); default: the CPUs this process may use (its affinity
+                mask and cgroup quota, not the host's core count).
             batch_size: default number of texts per batch.
             max_batch_tokens: a batch whose rows x padded width exceeds this is run as several
                 inference calls of about this many tokens each (equal row counts; one text
@@ -109,7 +110,8 @@ class Embedder:
             spin: let onnxruntime's workers busy-wait briefly between parallel sections
                 (onnxruntime's own default, as torch's OpenMP threads do): a short sentence
                 embeds about 30 % faster. False wakes them from sleep instead: less CPU
-                burnt, e.g. when the process shares its cores with other work.
+                burnt, e.g. when the process shares its cores with other work. (onnxruntime
+                only: OpenVINO's threads have no such switch.)
             pad_to_multiple_of: round each batch's padded length up to a multiple of this,
                 bounding the number of distinct input shapes (and so onnxruntime's cached
                 allocations) in a long-running server. Padding is masked: results agree.
@@ -117,9 +119,13 @@ class Embedder:
                 (Matryoshka models), normalised again when the model normalises; ``dim``
                 becomes this. None: the model's dimension.
 
+        The engine is the one the manifest names (``recipe.backend``): onnxruntime, or
+        OpenVINO for the ``bf16`` variant.
+
         Raises:
             ArtefactNotFoundError: the directory or one of its files is missing.
             ArtefactError: the manifest is invalid, or a file does not match it.
+            MissingExtraError: the artefact's engine is OpenVINO and it is not installed.
             ValueError: ``threads`` or ``batch_size`` is not positive.
             ConfigurationError: ``truncate_dim`` is not in 1..the model's dimension.
         """
@@ -137,7 +143,10 @@ class Embedder:
             for stage in manifest.dense
         ]
         thread_count = threads or usable_cpus()
-        session = _open_session(model_path, thread_count, spin)
+        session = open_session(
+            model_path, manifest.recipe.backend, thread_count, spin=spin,
+            precision=manifest.recipe.dtype, origin=str(directory),
+        )
         _check_graph(session, manifest, model_path)
         tokenizer, untruncated = _load_tokenizers(tokenizer_path, manifest.max_seq_length)
         warn_missing_cpu_flags(manifest.recipe.requires_cpu_flags, str(directory))
@@ -145,6 +154,14 @@ class Embedder:
             manifest, session, tokenizer, untruncated, thread_count, batch_size, pad_to_multiple_of,
             max_batch_tokens, truncate_dim, dense=dense,
         )
+
+    @property
+    def engine(self) -> str:
+        """What runs the graph: ``onnxruntime``, or ``openvino bf16`` for the ``bf16`` variant.
+
+        ``openvino f32`` where the CPU has no bf16 instructions (OpenVINO falls back).
+        """
+        return self._session.engine
 
     @property
     def dim(self) -> int:
@@ -356,23 +373,8 @@ def _artefact_file(directory: Path, name: str, manifest: Manifest, verify: bool)
     return path
 
 
-def _open_session(model_path: Path, threads: int, spin: bool) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    try:
-        return ort.InferenceSession(
-            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as err:  # onnxruntime raises its own untyped errors for bad files
-        raise ArtefactError(f"{model_path}: onnxruntime cannot load it ({err})") from err
-
-
-def _check_graph(session: ort.InferenceSession, manifest: Manifest, model_path: Path) -> None:
-    graph_inputs = [i.name for i in session.get_inputs()]
+def _check_graph(session: Session, manifest: Manifest, model_path: Path) -> None:
+    graph_inputs = list(session.input_names)
     if sorted(graph_inputs) != sorted(manifest.inputs):
         raise ArtefactError(
             f"{model_path}: graph inputs {graph_inputs} do not match the manifest's "
@@ -381,7 +383,7 @@ def _check_graph(session: ort.InferenceSession, manifest: Manifest, model_path: 
     unknown = [name for name in graph_inputs if name not in KNOWN_INPUTS]
     if unknown:
         raise ArtefactError(f"{model_path}: graph input(s) {unknown} are not ones embedrt feeds")
-    outputs = [o.name for o in session.get_outputs()]
+    outputs = list(session.output_names)
     if manifest.output not in outputs:
         raise ArtefactError(
             f"{model_path}: graph has no output {manifest.output!r} (it has {outputs})"

@@ -225,11 +225,15 @@ class ArtefactRecipe:
 
     Attributes:
         method: the tool and settings, in words.
-        dtype: the compute type of a float variant (``float32``); None for quantised ones.
+        dtype: the compute type of a float variant (``float32``, or ``bfloat16`` for the
+            ``bf16`` variant); None for quantised ones.
         requires_cpu_flags: CPU flags the graph's kernels need; the runtime warns at load
             when this CPU lacks one.
         fused_ops: onnxruntime fusions applied, with counts (``fp32-optimised``).
         quantisation: set for quantised variants.
+        backend: the engine that runs the graph (``embedrt.runtime.backends``):
+            ``onnxruntime`` (the default, and what a manifest without the field means) or
+            ``openvino`` (the ``bf16`` variant; needs the ``[openvino]`` extra).
     """
 
     method: str
@@ -237,6 +241,7 @@ class ArtefactRecipe:
     requires_cpu_flags: tuple[str, ...] = ()
     fused_ops: Mapping[str, int] = field(default_factory=dict)
     quantisation: QuantisationRecord | None = None
+    backend: str = "onnxruntime"
 
     def to_dict(self) -> dict[str, JSONValue]:
         """The recipe as JSON-ready data."""
@@ -265,6 +270,7 @@ class ArtefactRecipe:
                 if quantisation is None
                 else QuantisationRecord.from_dict(quantisation, _at(where, "quantisation"))
             ),
+            backend=_str(d, "backend", where, default="onnxruntime"),
         )
 
 

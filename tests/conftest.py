@@ -155,6 +155,26 @@ def tiny_bert_int4_edge(request: pytest.FixtureRequest) -> Path:
     return _exported(request, "tiny-bert-int4-edge", "bert", "int4-edge")
 
 
+def _exported_on_openvino(request: pytest.FixtureRequest, name: str, arch: str | None) -> Path:
+    """As :func:`_exported` for the ``bf16`` variant, whose export runs OpenVINO (the
+    [openvino] extra); without the [export] extra an earlier run's artefact is reused."""
+    if HAS_EXPORT and importlib.util.find_spec("openvino") is None:
+        pytest.skip("exporting the bf16 variant needs the [openvino] extra")
+    return _exported(request, name, arch, "bf16")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_bf16(request: pytest.FixtureRequest) -> Path:
+    """The tiny BERT as bf16 (OpenVINO at bfloat16 precision), parity checked."""
+    return _exported_on_openvino(request, "tiny-bert-bf16", "bert")
+
+
+@pytest.fixture(scope="session")
+def minilm_bf16(request: pytest.FixtureRequest) -> Path:
+    """The bundled all-MiniLM-L6-v2 as bf16 (OpenVINO), checked against torch at export."""
+    return _exported_on_openvino(request, "minilm-bf16", None)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_per_token(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     """The tiny BERT's fp32 graph quantised in the per-token layout: (model file, record)."""

@@ -50,6 +50,7 @@ def _describe(manifest: Manifest, directory: Path) -> list[tuple[str, str]]:
         ("max tokens", str(manifest.max_seq_length)),
         ("prompts", _prompts(manifest)),
         ("graph", f"inputs {', '.join(manifest.inputs)} -> {manifest.output}"),
+        ("engine", ", ".join(filter(None, (manifest.recipe.backend, manifest.recipe.dtype)))),
         ("model.onnx", f"{size / 1e6:.1f} MB"),
         ("recipe", json.dumps(manifest.recipe.to_dict())),
         ("source", f"{manifest.source.path} (sha256 {manifest.source.weights_sha256[:12]}...)"),

@@ -1,0 +1,165 @@
+"""The bf16 variant: the float32 graph run by OpenVINO at bfloat16 precision.
+
+Real OpenVINO on a tiny model built in the session and on all-MiniLM-L6-v2 against torch.
+Where OpenVINO is not installed (the base install) the artefact must fail to load with an
+error naming the extra; that path runs for real there, and here by hiding the module.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from embedrt.runtime import ArtefactError, Embedder, Manifest, MissingExtraError
+from embedrt.runtime.cpus import cpu_flags
+from embedrt.runtime.pooling import row_cosines
+
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="needs the [openvino] extra")
+# OpenVINO's CPU plugin computes in bf16 only with one of these; elsewhere it falls back to f32.
+BF16_CPU = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def _texts(words: list[str]) -> list[str]:
+    """Mixed lengths, 1 to ~20 words, so batches pad."""
+    return [" ".join(words[(i * 7 + j) % len(words)] for j in range(1 + (i * 5) % 20)) for i in range(40)]
+
+
+def _invariance(embedder: Embedder, texts: list[str], batch_sizes: tuple[int, ...]) -> float:
+    """Min cosine between each text embedded alone and inside shuffled mixed-length batches."""
+    alone = np.stack([embedder.embed([t])[0] for t in texts])
+    worst = 1.0
+    rng = np.random.default_rng(0)
+    for size in batch_sizes:
+        order = rng.permutation(len(texts))
+        batched = np.empty_like(alone)
+        for start in range(0, len(order), size):
+            rows = order[start : start + size]
+            batched[rows] = embedder.embed([texts[i] for i in rows], batch_size=size)
+        worst = min(worst, float(row_cosines(alone, batched).min()))
+    return worst
+
+
+def test_the_manifest_records_the_engine(tiny_bert_bf16: Path, tiny_bert: Path) -> None:
+    recipe = Manifest.load(tiny_bert_bf16).recipe
+    assert (recipe.backend, recipe.dtype, recipe.quantisation) == ("openvino", "bfloat16", None)
+    # Every other variant, and a manifest written before the field existed, is onnxruntime's.
+    assert Manifest.load(tiny_bert).recipe.backend == "onnxruntime"
+    data = json.loads((tiny_bert / "manifest.json").read_text())
+    del data["recipe"]["backend"]
+    assert Manifest.from_dict(data).recipe.backend == "onnxruntime"
+
+
+@needs_openvino
+def test_bf16_runs_on_openvino_at_fp32_fidelity(
+    tiny_bert_bf16: Path, tiny_bert: Path, tiny_model_words: list[str]
+) -> None:
+    texts = _texts(tiny_model_words)
+    bf16 = Embedder.load(tiny_bert_bf16)
+    vectors = bf16.embed(texts)
+    reference = Embedder.load(tiny_bert).embed(texts)
+    assert Embedder.load(tiny_bert).engine == "onnxruntime"
+    assert bf16.engine == ("openvino bf16" if BF16_CPU else "openvino f32")
+    cosines = row_cosines(vectors, reference)
+    assert cosines.min() >= 0.9999
+    if BF16_CPU:  # really computed in bf16: not the float32 result to float32 rounding
+        assert np.abs(vectors - reference).max() > 1e-5
+
+
+@needs_openvino
+def test_bf16_is_batch_invariant(tiny_bert_bf16: Path, tiny_model_words: list[str]) -> None:
+    worst = _invariance(Embedder.load(tiny_bert_bf16), _texts(tiny_model_words), (4, 16, 40))
+    assert worst >= 0.9999
+
+
+@needs_openvino
+def test_one_embedder_serves_several_threads(tiny_bert_bf16: Path, tiny_model_words: list[str]) -> None:
+    texts = _texts(tiny_model_words)
+    embedder = Embedder.load(tiny_bert_bf16, threads=1)
+    expected = embedder.embed(texts, batch_size=8)
+    results: dict[int, np.ndarray] = {}
+
+    def work(worker: int) -> None:
+        for _ in range(5):
+            results[worker] = embedder.embed(texts, batch_size=8)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    assert len(results) == 4
+    for vectors in results.values():
+        np.testing.assert_allclose(vectors, expected, atol=1e-6)
+
+
+def test_without_openvino_loading_names_the_extra(
+    tiny_bert_bf16: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if HAS_OPENVINO:  # the base install has no OpenVINO: there this is the real import failing
+        monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(MissingExtraError, match=r"\[openvino\] extra") as caught:
+        Embedder.load(tiny_bert_bf16)
+    assert caught.value.extra == "openvino"
+
+
+def test_an_unknown_engine_is_refused_by_name(tiny_bert: Path, tmp_path: Path) -> None:
+    artefact = tmp_path / "artefact"
+    shutil.copytree(tiny_bert, artefact)
+    data = json.loads((artefact / "manifest.json").read_text())
+    data["recipe"]["backend"] = "tensorrt"
+    (artefact / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtefactError, match=r"backend 'tensorrt' is not one this embedrt knows"):
+        Embedder.load(artefact)
+
+
+@pytest.mark.export
+def test_export_without_openvino_fails_before_any_work(
+    tiny_sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from embedrt.export import ExportOptions, export_model
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    target = tmp_path / "bf16"
+    with pytest.raises(MissingExtraError, match=r"embedrt export --variant bf16 needs the \[openvino\]"):
+        export_model(tiny_sources["bert"], target, ExportOptions(variant="bf16"))
+    assert not target.exists()
+
+
+# --- the real model --------------------------------------------------------------------------
+
+
+@pytest.mark.real_model
+@needs_openvino
+def test_minilm_bf16_against_torch_on_stsb_dev(
+    minilm_bf16: Path, stsb_dev: tuple[list[tuple[str, str]], list[float]]
+) -> None:
+    from embedrt.bench.quality import spearman
+    from embedrt.export.parity import reference_embeddings
+
+    pairs, gold = stsb_dev
+    texts = [text for pair in pairs for text in pair]
+    reference = reference_embeddings(Path(Manifest.load(minilm_bf16).source.path), texts, batch_size=64)
+    embedder = Embedder.load(minilm_bf16)
+    vectors = embedder.embed(texts)
+    cosines = row_cosines(vectors, reference)
+
+    def spearman_x100(v: np.ndarray) -> float:
+        return 100 * spearman(row_cosines(v[0::2], v[1::2]), np.array(gold))
+
+    drop = spearman_x100(reference) - spearman_x100(vectors)
+    invariance = _invariance(embedder, texts[:300] + [max(texts, key=len) * 6], (8, 32, 128))
+    print(
+        f"\n{embedder.engine} vs torch on STS-B dev ({len(texts)} sentences): min {cosines.min():.6f} "
+        f"mean {cosines.mean():.7f}; Spearman drop {drop:.4f}; alone vs batches of 8/32/128: "
+        f"min {invariance:.7f}"
+    )
+    assert cosines.min() >= 0.9999 and cosines.mean() >= 0.99995  # the export gate; int8: 0.99 / 0.997
+    assert abs(drop) <= 0.05
+    assert invariance >= 0.9999
