@@ -12,7 +12,9 @@ import json
 import shutil
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -97,6 +99,28 @@ def test_one_embedder_serves_several_threads(tiny_bert_bf16: Path, tiny_model_wo
     assert len(results) == 4
     for vectors in results.values():
         np.testing.assert_allclose(vectors, expected, atol=1e-6)
+
+
+@needs_openvino
+def test_bf16_through_the_cli_and_a_real_server(
+    tiny_bert_bf16: Path, tiny_model_words: list[str], tmp_path: Path, running_server: Callable[..., Any]
+) -> None:
+    """The artefact as users meet it: `embedrt embed` and an `embedrt serve` process."""
+    import subprocess
+
+    import httpx
+
+    sample = _texts(tiny_model_words)[:6]
+    offline = Embedder.load(tiny_bert_bf16).embed(sample)
+    command = [sys.executable, "-m", "embedrt.runtime.cli", "embed", *sample, "--model", str(tiny_bert_bf16)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    cli = np.array([json.loads(line)["embedding"] for line in done.stdout.splitlines()], np.float32)
+    assert cli.shape == offline.shape and row_cosines(cli, offline).min() >= 0.99999
+    with running_server(tiny_bert_bf16, tmp_path) as server:
+        response = httpx.post(f"{server.url}/v1/embeddings", json={"input": sample}, timeout=120)
+    assert response.status_code == 200, response.text
+    served = np.array([item["embedding"] for item in response.json()["data"]], np.float32)
+    assert served.shape == offline.shape and row_cosines(served, offline).min() >= 0.99999
 
 
 def test_without_openvino_loading_names_the_extra(

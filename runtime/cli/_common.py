@@ -21,7 +21,8 @@ MODEL_HELP = (
 )
 ModelOption = Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_HELP)]
 ThreadsOption = Annotated[
-    int | None, typer.Option(min=1, help="onnxruntime threads. Default: the CPUs this process may use.")
+    int | None, typer.Option(min=1, help="Inference threads (onnxruntime's; OpenVINO's for a bf16 "
+                             "artefact). Default: the CPUs this process may use.")
 ]
 
 

@@ -31,7 +31,8 @@ def command(
                      "(~/.local/share/embedrt on Linux)."),
     ] = None,
     variant: Annotated[
-        str, typer.Option(help="fp32, fp32-optimised, int8 (CPU serving), int8-edge or int4-edge.")
+        str, typer.Option(help="fp32, fp32-optimised, int8 (CPU serving), int8-edge, int4-edge, or bf16 "
+                          "(OpenVINO at bfloat16 precision; the [openvino] extra).")
     ] = "fp32",
     check: Annotated[bool, typer.Option(help="Check parity against torch.")] = True,
     isa: Annotated[

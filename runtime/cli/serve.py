@@ -28,7 +28,8 @@ def command(
     = DEFAULTS.host,
     port: Annotated[int, _option("PORT", "TCP port.", min=0, max=65535)] = DEFAULTS.port,
     threads: Annotated[int | None, _option(
-        "THREADS", "onnxruntime threads. Default: the CPUs this process may use.", min=1)] = DEFAULTS.threads,
+        "THREADS", "Inference threads (onnxruntime's; OpenVINO's for a bf16 artefact). "
+        "Default: the CPUs this process may use.", min=1)] = DEFAULTS.threads,
     max_inputs: Annotated[int, _option("MAX_INPUTS", "Texts per request.", min=1)] = DEFAULTS.max_inputs,
     max_chars: Annotated[int, _option("MAX_CHARS", "Characters per text.", min=1)] = DEFAULTS.max_chars,
     max_body_bytes: Annotated[int, _option("MAX_BODY_BYTES", "Bytes per request body.", min=1)]

@@ -85,9 +85,9 @@ class ServerState:
         batcher.start()
         self._batcher = batcher
         self._ready.set()
-        logger.info("model %s (%s) loaded in %.2f s with %d onnxruntime threads; ready",
+        logger.info("model %s (%s) loaded in %.2f s on %s with %d threads; ready",
                     self.manifest.model_name, self.manifest.variant,
-                    time.perf_counter() - started, embedder.threads)
+                    time.perf_counter() - started, embedder.engine, embedder.threads)
 
     def batcher(self) -> Batcher:
         """The running batcher.
