@@ -69,6 +69,23 @@ def test_fp32_matches_sentence_transformers(
 
 
 @pytest.mark.export
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs the [openvino] extra")
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "mpnet", "roberta", "xlm-roberta", "modernbert"])
+def test_bf16_on_openvino_matches_sentence_transformers(
+    arch: str, sources: dict[str, Path], tmp_path: Path
+) -> None:
+    """OpenVINO reads every architecture's exported graph; bf16 keeps fp32's answers."""
+    export_model(sources[arch], tmp_path / "bf16", ExportOptions(variant="bf16"))
+    manifest = Manifest.load(tmp_path / "bf16")
+    assert manifest.parity is not None and manifest.parity.passed
+    assert manifest.recipe.backend == "openvino"
+    vectors = Embedder.load(tmp_path / "bf16").embed(TEXTS)
+    reference = _reference(sources[arch], TEXTS)
+    cosines = row_cosines(vectors, reference)  # normalised or not (DistilBERT's CLS is not)
+    assert cosines.min() >= 0.9999, f"{arch}: min cosine {cosines.min():.6f}"
+
+
+@pytest.mark.export
 def test_modernbert_int8_per_token_layout_and_invariance(
     sources: dict[str, Path], tmp_path: Path
 ) -> None:
