@@ -66,7 +66,8 @@ test-base: setup-base
 	@! $(BASE_VENV)/bin/python -c "import torch" 2>/dev/null || (echo "torch leaked into the base env" && exit 1)
 	EMBEDRT_TEST_ARTEFACTS=$(ARTEFACTS) $(BASE_VENV)/bin/pytest tests/test_runtime.py \
 		tests/test_artefact_errors.py tests/test_cli.py tests/test_cli_errors.py tests/test_cli_unix.py \
-		tests/test_home.py tests/test_boundary.py tests/test_precision.py tests/test_install_size.py
+		tests/test_home.py tests/test_boundary.py tests/test_precision.py tests/test_install_size.py \
+		tests/test_openvino_backend.py
 
 ## test-arm64: the runtime, CLI, artefact-error and install-size tests, and the vectors of the
 ## artefacts test-full exported, on Debian arm64 under qemu user-mode emulation (.ci/arm64/run;

@@ -153,10 +153,11 @@ def run_profile(options: ProfileOptions) -> dict[str, Any]:
         StsFileError: the STS file is malformed.
         ArtefactNotFoundError: no artefact was given.
         ValueError: ``repeats`` or ``batch1_texts`` is not positive.
+        ConfigurationError: an artefact does not run on onnxruntime (the bf16 variant).
     """
     from embedrt.runtime import Embedder, Manifest
     from embedrt.runtime.cpus import usable_cpus
-    from embedrt.runtime.errors import ArtefactNotFoundError
+    from embedrt.runtime.errors import ArtefactNotFoundError, ConfigurationError
 
     from .context import run_context
     from .workloads import build_workload
@@ -170,7 +171,12 @@ def run_profile(options: ProfileOptions) -> dict[str, Any]:
         raise ValueError(f"profile: repeats ({options.repeats}) and batch-1 texts "
                          f"({options.batch1_texts}) must be at least 1")
     for path in options.artefacts:  # a bad artefact fails now, not after the peaks are measured
-        Manifest.load(path)
+        backend = Manifest.load(path).recipe.backend
+        if backend != "onnxruntime":
+            raise ConfigurationError(
+                f"profile: {path} runs on {backend}; the profile reads onnxruntime's profiler, "
+                "so it takes onnxruntime artefacts only (fp32, int8, ...)"
+            )
     peaks = measure_peaks(options.threads, options.peak_shapes, options.peak_calls)
     limits = best_by_precision(peaks)
     sizes = {"short": max(BATCH_SIZES), "medium": 1, "long": max(BATCH_SIZES)}

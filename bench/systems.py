@@ -175,7 +175,7 @@ class EmbedrtSystem:
         manifest = self._embedder.manifest
         self.metadata = {
             "variant": manifest.variant,
-            "engine": manifest.recipe.backend,
+            "engine": self._embedder.engine,
             "recipe": manifest.recipe.to_dict(),
             "max_seq_length": manifest.max_seq_length,
             "default_batch_size": self._embedder.batch_size,

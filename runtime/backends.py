@@ -2,8 +2,10 @@
 
 - ``onnxruntime`` (the default, in the base install): every variant but ``bf16``.
 - ``openvino`` (the ``[openvino]`` extra): the ``bf16`` variant, the float32 graph run by
-  OpenVINO's CPU plugin at bfloat16 inference precision on CPUs with bf16 instructions
-  (AMX or AVX-512 BF16). OpenVINO is imported only when such an artefact is loaded.
+  OpenVINO's CPU plugin at bfloat16 inference precision. OpenVINO computes bf16 natively with
+  AMX or AVX-512 BF16, emulates it on other AVX-512 CPUs, and falls back to float32 elsewhere;
+  embedrt warns in the last two cases. OpenVINO is imported only when such an artefact is
+  loaded.
 
 A session is anything with ``run(output_names, feeds) -> list[array]`` and the graph's input
 and output names; the Embedder calls nothing else.
@@ -21,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from .cpus import cpu_flags
 from .errors import ArtefactError, MissingExtraError
 
 logger = logging.getLogger(__name__)
@@ -31,10 +34,17 @@ BACKENDS = (ONNXRUNTIME, OPENVINO)
 # OpenVINO's names for the inference precisions a manifest may ask for.
 OPENVINO_PRECISIONS = {"bfloat16": "bf16", "float32": "f32"}
 
+# x86 flags with bf16 arithmetic in hardware (OpenVINO's native bf16 kernels).
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 _NO_BF16 = (
-    "%s asks OpenVINO for bfloat16 inference, which this CPU cannot do (it needs AMX or "
-    "AVX-512 BF16): OpenVINO runs it in float32 instead. The vectors are the fp32 artefact's; "
-    "on such a CPU the fp32 or int8 artefact on onnxruntime is the faster choice."
+    "%s asks OpenVINO for bfloat16 inference, which this CPU cannot do: OpenVINO runs it in "
+    "float32 instead. The vectors are the fp32 artefact's; on such a CPU the fp32 or int8 "
+    "artefact on onnxruntime is the faster choice."
+)
+_EMULATED_BF16 = (
+    "%s: this CPU has no bf16 instructions (AMX or AVX-512 BF16), so OpenVINO emulates "
+    "bfloat16 with conversions: bf16's answers, likely slower than float32 here. Measure with "
+    "'embedrt bench', or use the fp32 or int8 artefact."
 )
 
 
@@ -89,8 +99,11 @@ class OpenVINOSession:
 
     One inference request per calling thread (a request is not safe to share), so the
     Embedder stays safe to call from several threads. ``spin`` has no OpenVINO equivalent
-    and is ignored. ``precision`` is the one OpenVINO actually runs at (``bf16`` or ``f32``):
-    it falls back to float32 on a CPU without bf16 instructions, with a warning.
+    and is ignored. ``precision`` is the one OpenVINO actually runs at (``bf16`` or ``f32``);
+    a warning says when that is float32 instead of the bf16 asked for, or bf16 emulated on a
+    CPU without bf16 instructions. OpenVINO's thread pinning is off: several embedrt
+    processes on one machine (the corpus job's workers, Ray actors) would otherwise pin their
+    threads to the same cores.
     """
 
     def __init__(self, model_path: Path, threads: int, precision: str, origin: str) -> None:
@@ -109,6 +122,7 @@ class OpenVINOSession:
             "INFERENCE_NUM_THREADS": threads,
             "NUM_STREAMS": 1,
             "PERFORMANCE_HINT": "LATENCY",
+            "ENABLE_CPU_PINNING": False,
         }
         try:
             self._compiled = openvino.Core().compile_model(str(model_path), "CPU", config)
@@ -117,6 +131,8 @@ class OpenVINOSession:
         self.precision: str = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         if hint == "bf16" and self.precision != "bf16":
             logger.warning(_NO_BF16, origin)
+        elif hint == "bf16" and not cpu_flags() & BF16_CPU_FLAGS:
+            logger.warning(_EMULATED_BF16, origin)
         self.engine = f"{OPENVINO} {self.precision}"
         self.input_names = tuple(port.get_any_name() for port in self._compiled.inputs)
         self.output_names = tuple(port.get_any_name() for port in self._compiled.outputs)
@@ -130,7 +146,8 @@ class OpenVINOSession:
         if request is None:
             request = self._local.request = self._compiled.create_infer_request()
         result = request.infer(dict(feeds))
-        return [np.array(result[self._compiled.output(name)]) for name in output_names]
+        # infer() returns copies (share_outputs is off): the next call does not overwrite them.
+        return [np.asarray(result[self._compiled.output(name)]) for name in output_names]
 
 
 def open_session(

@@ -24,7 +24,8 @@ class ServerConfig:
             :func:`embedrt.runtime.home.default_model_dir`).
         host: address to bind; ``0.0.0.0`` exposes the server to the network.
         port: TCP port.
-        threads: onnxruntime threads; None uses the CPUs this process may use.
+        threads: inference threads (onnxruntime's; OpenVINO's for a bf16 artefact); None uses the
+            CPUs this process may use.
         max_inputs: texts in one request.
         max_chars: characters in one text.
         max_body_bytes: bytes in one request body.

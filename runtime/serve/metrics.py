@@ -165,7 +165,8 @@ class ServerMetrics:
             STEP_BUCKETS,
         )
         self.inference_seconds = Histogram(
-            "embedrt_inference_duration_seconds", "onnxruntime + pooling time per batch.", STEP_BUCKETS
+            "embedrt_inference_duration_seconds",
+            "Inference (onnxruntime or OpenVINO) + pooling time per batch.", STEP_BUCKETS,
         )
 
     # The batcher's observer (embedrt.runtime.serve.batcher.BatchObserver), by structure:
