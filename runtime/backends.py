@@ -106,7 +106,14 @@ class OpenVINOSession:
     threads to the same cores.
     """
 
-    def __init__(self, model_path: Path, threads: int, precision: str, origin: str) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        threads: int,
+        precision: str,
+        origin: str,
+        extra_config: Mapping[str, Any] | None = None,
+    ) -> None:
         try:
             import openvino
         except ImportError as err:
@@ -123,6 +130,7 @@ class OpenVINOSession:
             "NUM_STREAMS": 1,
             "PERFORMANCE_HINT": "LATENCY",
             "ENABLE_CPU_PINNING": False,
+            **(extra_config or {}),  # OpenVINO properties (the benchmark's experiments)
         }
         try:
             self._compiled = openvino.Core().compile_model(str(model_path), "CPU", config)

@@ -197,3 +197,27 @@ def test_the_profile_refuses_an_artefact_onnxruntime_does_not_run(tiny_bert_bf16
 
     with pytest.raises(ConfigurationError, match=r"runs on openvino; the profile reads onnxruntime"):
         run_profile(ProfileOptions(artefacts=(tiny_bert_bf16,), threads=1))
+
+
+@pytest.mark.export
+@pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="needs the [peers] extra (nncf)")
+def test_the_openvino_int8_attempts_script_measures_every_form(
+    tiny_bert: Path, tiny_bert_int8: Path, tiny_bert_bf16: Path, tmp_path: Path
+) -> None:
+    """bench/openvino_int8.py --quick on the tiny BERT: every form measured, the table written."""
+    from embedrt.bench import openvino_int8
+
+    out = tmp_path / "out"
+    openvino_int8.main(["--out", str(out), "--fp32", str(tiny_bert), "--int8", str(tiny_bert_int8),
+                        "--bf16", str(tiny_bert_bf16), "--quick"])
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert list(results)[:2] == ["embedrt int8 (onnxruntime)", "embedrt bf16 (OpenVINO)"]
+    assert len(results) == 6
+    for name, figures in results.items():
+        assert -1.0 <= figures["cos_min"] <= figures["cos_mean"] <= 1.0 + 1e-6, name
+        assert all(figures["speed"][bucket] > 0 for bucket in ("short", "medium", "long", "b1_p50_ms"))
+    dynamic = [figures for name, figures in results.items() if "dynamic per-token" in name]
+    assert len(dynamic) == 2  # scales per token: a text's vector does not depend on its batch
+    assert all(figures["invariance"] >= 0.9999 for figures in dynamic)
+    table = (out / "results.md").read_text()
+    assert all(f"| {name} |" in table for name in results)
