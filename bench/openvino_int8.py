@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,15 @@ def build_forms(fp32: Path, work: Path) -> dict[str, tuple[Path, str, dict[str, 
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    """Build the forms and measure every system; returns the results by system name."""
+    """Build the forms and measure every system; returns the results by system name.
+
+    The forms' model files live in a temporary folder for the run (weights stay out of ``--out``).
+    """
+    with tempfile.TemporaryDirectory(prefix="embedrt-openvino-int8-") as work:
+        return _measure(args, Path(work))
+
+
+def _measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from embedrt.export.parity import reference_embeddings
     from embedrt.runtime import Manifest
     from embedrt.runtime.pooling import row_cosines
@@ -119,7 +128,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     artefacts = {"embedrt int8 (onnxruntime)": args.int8, "embedrt bf16 (OpenVINO)": args.bf16}
     systems: list[Any] = [EmbedrtSystem(SystemSpec(name, "embedrt", str(path), THREADS))
                           for name, path in artefacts.items() if path is not None]
-    for name, (model_file, precision, config) in build_forms(args.fp32, args.out / "models").items():
+    for name, (model_file, precision, config) in build_forms(args.fp32, work).items():
         systems.append(_OpenVINOForm(name, args.fp32, model_file, precision, config))
     sizes = {"short": 512, "medium": 256, "long": 128}
     if args.quick:

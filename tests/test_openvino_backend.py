@@ -221,3 +221,4 @@ def test_the_openvino_int8_attempts_script_measures_every_form(
     assert all(figures["invariance"] >= 0.9999 for figures in dynamic)
     table = (out / "results.md").read_text()
     assert all(f"| {name} |" in table for name in results)
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md"]  # no weights
