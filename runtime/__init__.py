@@ -1,11 +1,12 @@
-"""embedrt's library: the torch-free runtime (numpy, onnxruntime and tokenizers only).
+"""embedrt's library: the torch-free runtime (numpy, onnxruntime, tokenizers; OpenVINO for bf16).
 
 >>> from embedrt.runtime import Embedder, cosine_similarity
 >>> embedder = Embedder.load("models/all-MiniLM-L6-v2/fp32")
 >>> a, b = embedder.embed(["I deposited money in the bank.", "I sat by the river bank."])
 >>> cosine_similarity(a, b)
 
-The modules: ``embedder`` (the one public class), ``manifest`` (the artefact contract),
+The modules: ``embedder`` (the one public class), ``backends`` (the engines that run an
+artefact's graph: onnxruntime, or OpenVINO), ``manifest`` (the artefact contract),
 ``pooling`` (pooling, normalisation, cosine), ``cpus`` (usable CPUs and their features),
 ``home`` (where exported models live by default), ``precision`` (float16/int8/binary
 codes of embeddings), ``errors`` (one root error).
