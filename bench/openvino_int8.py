@@ -34,9 +34,10 @@ import numpy as np
 import numpy.typing as npt
 
 from .context import run_context
+from .peers import openvino_embedder
 from .quality import batch_invariance, cosine_stats
 from .speed import latency, throughput
-from .systems import EmbedrtSystem, SystemSpec, runtime_tokenizers
+from .systems import EmbedrtSystem, SystemSpec
 from .workloads import SHIPPED_STS, build_workload, read_sts, token_counts
 
 logger = logging.getLogger("openvino_int8")
@@ -47,18 +48,10 @@ BATCH_SIZE = 32
 class _OpenVINOForm:
     """An OpenVINO model file behind embedrt's Embedder, with extra compile properties."""
 
-    def __init__(
-        self, name: str, fp32: Path, model_file: Path, precision: str, config: dict[str, Any]
-    ) -> None:
-        from embedrt.runtime import Embedder, Manifest
-        from embedrt.runtime.backends import OpenVINOSession
-
-        manifest = Manifest.load(fp32)
-        session = OpenVINOSession(model_file, THREADS, precision, name, extra_config=config)
-        tokenizer, untruncated = runtime_tokenizers(fp32 / "tokenizer.json", manifest.max_seq_length)
+    def __init__(self, name: str, fp32: Path, model_file: Path, hint: str, config: dict[str, Any]) -> None:
+        self._embedder, session = openvino_embedder(fp32, model_file, THREADS, hint, name, config)
         self.spec = SystemSpec(name, "openvino", str(fp32), THREADS)
         self.metadata = {"engine": session.engine}
-        self._embedder = Embedder(manifest, session, tokenizer, untruncated, THREADS, BATCH_SIZE)
 
     def embed(self, texts: Sequence[str], batch_size: int | None) -> npt.NDArray[np.float32]:
         """Embed through embedrt's batching with this form running each call."""
@@ -66,7 +59,7 @@ class _OpenVINOForm:
 
 
 def build_forms(fp32: Path, work: Path) -> dict[str, tuple[Path, str, dict[str, Any]]]:
-    """Make each OpenVINO int8 form's IR file; returns (file, precision, compile properties) by name."""
+    """Make each OpenVINO int8 form's IR file; returns (file, precision hint, properties) by name."""
     import nncf
     import openvino
     from embedrt.export.quantize import calibration_feeds
@@ -83,21 +76,21 @@ def build_forms(fp32: Path, work: Path) -> dict[str, tuple[Path, str, dict[str, 
              for feed in calibration_feeds(fp32 / "tokenizer.json", max_seq_length=manifest.max_seq_length)]
     core = openvino.Core()
     work.mkdir(parents=True, exist_ok=True)
-    rest = "bfloat16" if cpu_flags() & BF16_CPU_FLAGS else "float32"
+    rest = "bf16" if cpu_flags() & BF16_CPU_FLAGS else "f32"
     forms: dict[str, tuple[Path, str, dict[str, Any]]] = {}
 
-    def save(name: str, model: Any, precision: str, config: dict[str, Any]) -> None:
+    def save(name: str, model: Any, hint: str, config: dict[str, Any]) -> None:
         target = work / f"{name}.xml"
         openvino.save_model(model, str(target))
-        forms[name] = (target, precision, config)
+        forms[name] = (target, hint, config)
 
     def ptq(**options: Any) -> Any:
         return nncf.quantize(core.read_model(str(fp32 / "model.onnx")), nncf.Dataset(feeds),
                              model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds), **options)
 
-    save("nncf-int8 (the peer)", ptq(), "bfloat16", {})
+    save("nncf-int8 (the peer)", ptq(), "bf16", {})
     sq = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=0.5))
-    save("nncf-int8, SmoothQuant 0.5", ptq(advanced_parameters=sq), "bfloat16", {})
+    save("nncf-int8, SmoothQuant 0.5", ptq(advanced_parameters=sq), "bf16", {})
     compressed = nncf.compress_weights(core.read_model(str(fp32 / "model.onnx")),
                                        mode=nncf.CompressWeightsMode.INT8_SYM)
     for group in (32, 64):
@@ -128,8 +121,8 @@ def _measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     artefacts = {"embedrt int8 (onnxruntime)": args.int8, "embedrt bf16 (OpenVINO)": args.bf16}
     systems: list[Any] = [EmbedrtSystem(SystemSpec(name, "embedrt", str(path), THREADS))
                           for name, path in artefacts.items() if path is not None]
-    for name, (model_file, precision, config) in build_forms(args.fp32, work).items():
-        systems.append(_OpenVINOForm(name, args.fp32, model_file, precision, config))
+    for name, (model_file, hint, config) in build_forms(args.fp32, work).items():
+        systems.append(_OpenVINOForm(name, args.fp32, model_file, hint, config))
     sizes = {"short": 512, "medium": 256, "long": 128}
     if args.quick:
         sizes = {"short": 32, "medium": 16, "long": 8}

@@ -19,12 +19,16 @@ import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from .systems import SystemSpec, SystemUnavailable, embed_in_length_order, runtime_tokenizers
+
+if TYPE_CHECKING:
+    from embedrt.runtime import Embedder
+    from embedrt.runtime.backends import OpenVINOSession
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +36,6 @@ KIND_OPENVINO = "openvino"
 KIND_OPENVINO_NNCF = "openvino-nncf"
 KIND_ST_ONNX = "sentence-transformers-onnx"
 PRECISION_HINTS = ("f32", "bf16")
-_PRECISIONS = {"f32": "float32", "bf16": "bfloat16"}  # the hints' names in a manifest
 ST_QUANTIZATION = "avx512_vnni"
 ST_QUANTIZED_FILE = f"onnx/model_qint8_{ST_QUANTIZATION}.onnx"
 NNCF_MODEL_FILE = "model-nncf-int8.xml"
@@ -47,6 +50,26 @@ def _openvino() -> Any:  # the openvino module (typed only partly): imported on 
     return openvino
 
 
+def openvino_embedder(
+    artefact: Path, model_file: Path, threads: int, hint: str, name: str,
+    extra_config: dict[str, Any] | None = None,
+) -> tuple[Embedder, OpenVINOSession]:
+    """An Embedder over OpenVINO running ``model_file`` at precision ``hint`` (``f32``/``bf16``).
+
+    The artefact gives the manifest and tokenizer; the session is the one embedrt's ``bf16``
+    variant runs on (same settings), with ``extra_config`` OpenVINO properties on top.
+    Returns ``(embedder, session)``.
+    """
+    from embedrt.runtime import Embedder, Manifest
+    from embedrt.runtime.backends import OPENVINO_PRECISIONS, OpenVINOSession
+
+    precision = next(name for name, short in OPENVINO_PRECISIONS.items() if short == hint)
+    manifest = Manifest.load(artefact)
+    session = OpenVINOSession(model_file, threads, precision, name, extra_config=extra_config)
+    tokenizer, untruncated = runtime_tokenizers(artefact / "tokenizer.json", manifest.max_seq_length)
+    return Embedder(manifest, session, tokenizer, untruncated, threads, 32), session
+
+
 class OpenVINOSystem:
     """OpenVINO's CPU plugin on an ONNX or IR file, behind embedrt's tokenise-batch-pool path.
 
@@ -55,9 +78,6 @@ class OpenVINOSystem:
     """
 
     def __init__(self, spec: SystemSpec) -> None:
-        from embedrt.runtime import Embedder, Manifest
-        from embedrt.runtime.backends import OpenVINOSession
-
         _openvino()  # a clear skip line when it is missing
         hint = spec.option or "f32"
         if hint not in PRECISION_HINTS:
@@ -68,12 +88,9 @@ class OpenVINOSystem:
         model_file = Path(spec.prepared) if spec.prepared else artefact / "model.onnx"
         if not model_file.is_file():
             raise SystemUnavailable(f"{model_file} is missing")
-        manifest = Manifest.load(artefact)
-        # The engine the bf16 variant runs on: the same settings as embedrt's own artefacts.
-        session = OpenVINOSession(model_file, spec.threads, _PRECISIONS[hint], spec.name)
-        tokenizer, untruncated = runtime_tokenizers(artefact / "tokenizer.json", manifest.max_seq_length)
+        self._embedder, session = openvino_embedder(artefact, model_file, spec.threads, hint, spec.name)
+        manifest = self._embedder.manifest
         self.spec = spec
-        self._embedder = Embedder(manifest, session, tokenizer, untruncated, spec.threads, 32)
         self.metadata = {
             "variant": "int8 (NNCF)" if spec.prepared else hint,
             "inference_precision": session.precision,

@@ -156,6 +156,7 @@ def run_profile(options: ProfileOptions) -> dict[str, Any]:
         ConfigurationError: an artefact does not run on onnxruntime (the bf16 variant).
     """
     from embedrt.runtime import Embedder, Manifest
+    from embedrt.runtime.backends import ONNXRUNTIME
     from embedrt.runtime.cpus import usable_cpus
     from embedrt.runtime.errors import ArtefactNotFoundError, ConfigurationError
 
@@ -172,7 +173,7 @@ def run_profile(options: ProfileOptions) -> dict[str, Any]:
                          f"({options.batch1_texts}) must be at least 1")
     for path in options.artefacts:  # a bad artefact fails now, not after the peaks are measured
         backend = Manifest.load(path).recipe.backend
-        if backend != "onnxruntime":
+        if backend != ONNXRUNTIME:
             raise ConfigurationError(
                 f"profile: {path} runs on {backend}; the profile reads onnxruntime's profiler, "
                 "so it takes onnxruntime artefacts only (fp32, int8, ...)"

@@ -22,6 +22,7 @@ from embedrt.export.parity import compare, reference_embeddings, validation_sent
 from embedrt.export.source import SourceModel, check_catalogue, read_source, resolve_source
 from embedrt.export.stages import dense_stages, write_dense_weights
 from embedrt.export.variants import BUILD_BF16, BUILD_OPTIMISED, BUILD_QUANTISED, Variant, get_variant
+from embedrt.runtime.backends import OPENVINO, import_openvino
 from embedrt.runtime.errors import EmbedrtError, MissingExtraError, ParityError
 from embedrt.runtime.home import artefact_dir
 from embedrt.runtime.manifest import (
@@ -48,7 +49,7 @@ BF16_RECIPE = ArtefactRecipe(
     method="optimum ONNX export, task feature-extraction; run by OpenVINO's CPU plugin with "
     "INFERENCE_PRECISION_HINT=bf16",
     dtype="bfloat16",
-    backend="openvino",
+    backend=OPENVINO,
 )
 
 
@@ -144,7 +145,7 @@ def check_parity(
     with _quiet("embedrt.runtime"):  # the set truncates on purpose: no need to say so
         embedder = Embedder.load(artefact, threads=threads)
         candidate = embedder.embed(sentences)
-    if variant.backend == "openvino" and embedder.engine != "openvino bf16":
+    if variant.backend == OPENVINO and embedder.engine != f"{OPENVINO} bf16":
         logger.warning(
             "parity of %s was checked on %s: this CPU cannot run OpenVINO in bf16, so the gate "
             "saw float32 results; check the artefact again on the CPU that will serve it",
@@ -178,13 +179,8 @@ def _build_variant(
 
 def _check_backend(variant: Variant) -> None:
     """Fail before any work when the variant's engine is not installed (parity runs on it)."""
-    if variant.backend == "openvino":
-        try:
-            import openvino  # noqa: F401
-        except ImportError as err:
-            raise MissingExtraError(
-                "openvino", f"embedrt export --variant {variant.name}", "openvino"
-            ) from err
+    if variant.backend == OPENVINO:
+        import_openvino(f"embedrt export --variant {variant.name}")
 
 
 def _export_onnx(model: SourceModel, staging: Path, opset: int | None) -> tuple[str, ...]:

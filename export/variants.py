@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from embedrt.export.errors import UnknownVariantError
+from embedrt.runtime.backends import ONNXRUNTIME, OPENVINO
 from embedrt.runtime.errors import Param
 
 BUILD_AS_EXPORTED = "as-exported"
@@ -33,7 +34,7 @@ class Variant:
     min_cosine: float
     max_abs_diff: float
     build: str = BUILD_AS_EXPORTED
-    backend: str = "onnxruntime"
+    backend: str = ONNXRUNTIME
 
 
 VARIANTS: dict[str, Variant] = {
@@ -50,7 +51,7 @@ VARIANTS: dict[str, Variant] = {
             "bf16",
             "the float32 graph run by OpenVINO at bfloat16 precision on CPUs with AMX or "
             "AVX-512 BF16 (the [openvino] extra); fp32-level fidelity",
-            0.9999, 5e-3, build=BUILD_BF16, backend="openvino",
+            0.9999, 5e-3, build=BUILD_BF16, backend=OPENVINO,
         ),
         # Quantised variants: per-sentence cosine is the gate; element differences follow.
         Variant(

@@ -48,6 +48,15 @@ _EMULATED_BF16 = (
 )
 
 
+def import_openvino(feature: str) -> Any:
+    """The openvino module, or MissingExtraError naming ``feature`` and the [openvino] extra."""
+    try:
+        import openvino
+    except ImportError as err:
+        raise MissingExtraError("openvino", feature, "openvino") from err
+    return openvino
+
+
 class Session(Protocol):
     """What the Embedder needs from an engine.
 
@@ -114,10 +123,7 @@ class OpenVINOSession:
         origin: str,
         extra_config: Mapping[str, Any] | None = None,
     ) -> None:
-        try:
-            import openvino
-        except ImportError as err:
-            raise MissingExtraError("openvino", f"{origin} (an OpenVINO artefact)", "openvino") from err
+        openvino = import_openvino(f"{origin} (an OpenVINO artefact)")
         hint = OPENVINO_PRECISIONS.get(precision)
         if hint is None:
             raise ArtefactError(

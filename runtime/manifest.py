@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from .backends import ONNXRUNTIME
 from .errors import ArtefactError, ArtefactNotFoundError
 
 if TYPE_CHECKING:
@@ -241,7 +242,7 @@ class ArtefactRecipe:
     requires_cpu_flags: tuple[str, ...] = ()
     fused_ops: Mapping[str, int] = field(default_factory=dict)
     quantisation: QuantisationRecord | None = None
-    backend: str = "onnxruntime"
+    backend: str = ONNXRUNTIME
 
     def to_dict(self) -> dict[str, JSONValue]:
         """The recipe as JSON-ready data."""
@@ -270,7 +271,7 @@ class ArtefactRecipe:
                 if quantisation is None
                 else QuantisationRecord.from_dict(quantisation, _at(where, "quantisation"))
             ),
-            backend=_str(d, "backend", where, default="onnxruntime"),
+            backend=_str(d, "backend", where, default=ONNXRUNTIME),
         )
 
 

@@ -252,6 +252,32 @@ def stsb_dev() -> tuple[list[tuple[str, str]], list[float]]:
     return read_sts(STSB_DEV)
 
 
+def _batch_invariance(embedder: Any, texts: list[str], batch_sizes: tuple[int, ...]) -> float:
+    """Min cosine between each text embedded alone and inside shuffled mixed-length batches."""
+    import numpy as np
+    from embedrt.runtime.pooling import row_cosines
+
+    alone = np.stack([embedder.embed([t])[0] for t in texts])
+    worst = 1.0
+    rng = np.random.default_rng(0)
+    for size in batch_sizes:
+        order = rng.permutation(len(texts))
+        # Shuffled, not length-sorted: each batch mixes short and very long texts.
+        batched = np.empty_like(alone)
+        for start in range(0, len(order), size):
+            rows = order[start : start + size]
+            batched[rows] = embedder.encode([texts[i] for i in rows], batch_size=size).vectors
+        worst = min(worst, float(row_cosines(alone, batched).min()))
+    return worst
+
+
+@pytest.fixture(scope="session")
+def invariance() -> Callable[[Any, list[str], tuple[int, ...]], float]:
+    """``invariance(embedder, texts, batch_sizes)``: the min cosine between each text embedded
+    alone and inside shuffled mixed-length batches of each size."""
+    return _batch_invariance
+
+
 @pytest.fixture(scope="session")
 def tiny_model_words(tiny_models: ModuleType) -> list[str]:
     return list(tiny_models.WORDS)

@@ -20,33 +20,20 @@ from typing import Any
 import numpy as np
 import pytest
 from embedrt.runtime import ArtefactError, Embedder, Manifest, MissingExtraError
+from embedrt.runtime.backends import BF16_CPU_FLAGS
 from embedrt.runtime.cpus import cpu_flags
 from embedrt.runtime.pooling import row_cosines
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
 needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="needs the [openvino] extra")
 # bf16 in hardware: OpenVINO's native bf16 kernels (it emulates bf16 on other AVX-512 CPUs).
-BF16_CPU = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+BF16_CPU = bool(cpu_flags() & BF16_CPU_FLAGS)
+Invariance = Callable[[Embedder, list[str], tuple[int, ...]], float]  # conftest's fixture
 
 
 def _texts(words: list[str]) -> list[str]:
     """Mixed lengths, 1 to ~20 words, so batches pad."""
     return [" ".join(words[(i * 7 + j) % len(words)] for j in range(1 + (i * 5) % 20)) for i in range(40)]
-
-
-def _invariance(embedder: Embedder, texts: list[str], batch_sizes: tuple[int, ...]) -> float:
-    """Min cosine between each text embedded alone and inside shuffled mixed-length batches."""
-    alone = np.stack([embedder.embed([t])[0] for t in texts])
-    worst = 1.0
-    rng = np.random.default_rng(0)
-    for size in batch_sizes:
-        order = rng.permutation(len(texts))
-        batched = np.empty_like(alone)
-        for start in range(0, len(order), size):
-            rows = order[start : start + size]
-            batched[rows] = embedder.embed([texts[i] for i in rows], batch_size=size)
-        worst = min(worst, float(row_cosines(alone, batched).min()))
-    return worst
 
 
 def test_the_manifest_records_the_engine(tiny_bert_bf16: Path, tiny_bert: Path) -> None:
@@ -78,8 +65,10 @@ def test_bf16_runs_on_openvino_at_fp32_fidelity(
 
 
 @needs_openvino
-def test_bf16_is_batch_invariant(tiny_bert_bf16: Path, tiny_model_words: list[str]) -> None:
-    worst = _invariance(Embedder.load(tiny_bert_bf16), _texts(tiny_model_words), (4, 16, 40))
+def test_bf16_is_batch_invariant(
+    tiny_bert_bf16: Path, tiny_model_words: list[str], invariance: Invariance
+) -> None:
+    worst = invariance(Embedder.load(tiny_bert_bf16), _texts(tiny_model_words), (4, 16, 40))
     assert worst >= 0.9999
 
 
@@ -163,7 +152,7 @@ def test_export_without_openvino_fails_before_any_work(
 @pytest.mark.real_model
 @needs_openvino
 def test_minilm_bf16_against_torch_on_stsb_dev(
-    minilm_bf16: Path, stsb_dev: tuple[list[tuple[str, str]], list[float]]
+    minilm_bf16: Path, stsb_dev: tuple[list[tuple[str, str]], list[float]], invariance: Invariance
 ) -> None:
     from embedrt.bench.quality import spearman
     from embedrt.export.parity import reference_embeddings
@@ -179,15 +168,15 @@ def test_minilm_bf16_against_torch_on_stsb_dev(
         return 100 * spearman(row_cosines(v[0::2], v[1::2]), np.array(gold))
 
     drop = spearman_x100(reference) - spearman_x100(vectors)
-    invariance = _invariance(embedder, texts[:300] + [max(texts, key=len) * 6], (8, 32, 128))
+    worst = invariance(embedder, texts[:300] + [max(texts, key=len) * 6], (8, 32, 128))
     print(
         f"\n{embedder.engine} vs torch on STS-B dev ({len(texts)} sentences): min {cosines.min():.6f} "
         f"mean {cosines.mean():.7f}; Spearman drop {drop:.4f}; alone vs batches of 8/32/128: "
-        f"min {invariance:.7f}"
+        f"min {worst:.7f}"
     )
     assert cosines.min() >= 0.9999 and cosines.mean() >= 0.99995  # the export gate; int8: 0.99 / 0.997
     assert abs(drop) <= 0.05
-    assert invariance >= 0.9999
+    assert worst >= 0.9999
 
 
 @pytest.mark.export

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from embedrt.runtime import Embedder, Manifest
 from embedrt.runtime.manifest import QuantisationRecord
 from embedrt.runtime.pooling import row_cosines
 
+Invariance = Callable[[Embedder, list[str], tuple[int, ...]], float]  # conftest's fixture
 MIXED = [
     "the cat",
     "a man is playing guitar",
@@ -44,22 +46,6 @@ def _op_counts(model_file: Path) -> dict[str, int]:
     for node in onnx.load(str(model_file)).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
-
-
-def _invariance(embedder: Embedder, texts: list[str], batch_sizes: tuple[int, ...]) -> float:
-    """Min cosine between each text embedded alone and inside shuffled mixed-length batches."""
-    alone = np.stack([embedder.embed([t])[0] for t in texts])
-    worst = 1.0
-    rng = np.random.default_rng(0)
-    for size in batch_sizes:
-        order = rng.permutation(len(texts))
-        # Shuffled, not length-sorted: each batch mixes short and very long texts.
-        batched = np.empty_like(alone)
-        for start in range(0, len(order), size):
-            rows = order[start : start + size]
-            batched[rows] = embedder.encode([texts[i] for i in rows], batch_size=size).vectors
-        worst = min(worst, float(row_cosines(alone, batched).min()))
-    return worst
 
 
 def _weight_matmuls(model_file: Path) -> int:
@@ -136,12 +122,12 @@ def test_search_candidates_follow_the_layout_actually_used(
 
 
 @pytest.mark.export
-def test_distilbert_matches_and_stays_faithful(tiny_distilbert_int8: Path) -> None:
+def test_distilbert_matches_and_stays_faithful(tiny_distilbert_int8: Path, invariance: Invariance) -> None:
     assert _quantisation(tiny_distilbert_int8).layout == "blocks"
     assert _op_counts(tiny_distilbert_int8 / "model.onnx").get("QAttention", 0) == 2
     parity = Manifest.load(tiny_distilbert_int8).parity
     assert parity is not None and parity.passed
-    assert _invariance(Embedder.load(tiny_distilbert_int8), MIXED, (8, 32)) >= 0.99999
+    assert invariance(Embedder.load(tiny_distilbert_int8), MIXED, (8, 32)) >= 0.99999
 
 
 @pytest.mark.export
@@ -187,8 +173,8 @@ def test_shape_arithmetic_is_folded_without_changing_outputs(tiny_bert: Path) ->
 
 
 @pytest.mark.export
-def test_tiny_int8_is_batch_invariant(tiny_bert_int8: Path) -> None:
-    assert _invariance(Embedder.load(tiny_bert_int8), MIXED, (8, 32)) >= 0.99999
+def test_tiny_int8_is_batch_invariant(tiny_bert_int8: Path, invariance: Invariance) -> None:
+    assert invariance(Embedder.load(tiny_bert_int8), MIXED, (8, 32)) >= 0.99999
 
 
 @pytest.mark.export
@@ -200,7 +186,8 @@ def test_tiny_int8_is_batch_invariant(tiny_bert_int8: Path) -> None:
     ],
 )
 def test_edge_variants_are_checked_artefacts(
-    request: pytest.FixtureRequest, fixture: str, variant: str, matmul_op: str, embedding_bits: int
+    request: pytest.FixtureRequest, fixture: str, variant: str, matmul_op: str, embedding_bits: int,
+    invariance: Invariance,
 ) -> None:
     artefact: Path = request.getfixturevalue(fixture)
     manifest = Manifest.load(artefact)
@@ -214,7 +201,7 @@ def test_edge_variants_are_checked_artefacts(
     assert counts.get(matmul_op, 0) + counts.get("QAttention", 0) == recipe.quantised_matmul_nodes
     assert [a.i for g in gathers for a in g.attribute if a.name == "bits"] == [embedding_bits]
     # Both edge recipes quantise activations per row (or per row block): batch-invariant too.
-    assert _invariance(Embedder.load(artefact), MIXED, (8, 32)) >= 0.99999
+    assert invariance(Embedder.load(artefact), MIXED, (8, 32)) >= 0.99999
 
 
 @pytest.mark.export
@@ -360,9 +347,11 @@ def test_int8_fidelity_on_stsb_dev(
 
 
 @pytest.mark.real_model
-def test_int8_batch_invariance_on_stsb_dev(minilm_int8: Path, stsb: tuple[list[str], np.ndarray]) -> None:
+def test_int8_batch_invariance_on_stsb_dev(
+    minilm_int8: Path, stsb: tuple[list[str], np.ndarray], invariance: Invariance
+) -> None:
     texts = stsb[0][:600] + [max(stsb[0], key=len) * 6]  # plus a neighbour far over 256 tokens
-    worst = _invariance(Embedder.load(minilm_int8), texts, (8, 32, 128))
+    worst = invariance(Embedder.load(minilm_int8), texts, (8, 32, 128))
     print(f"\nint8 alone vs batches of 8/32/128: min cosine {worst:.7f}")
     assert worst >= 0.9999
 
