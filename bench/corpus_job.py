@@ -80,7 +80,7 @@ def child(system: str, corpus: Path, model: Path, threads: int, part: int, parts
     For ``job``, ``parts`` is the job's worker processes (1: embed in this process).
     """
     if system == "job":
-        from embedrt.runtime.corpus import CorpusOptions, embed_corpus
+        from embedrt.corpus import CorpusOptions, embed_corpus
 
         options = CorpusOptions(threads=threads, batch_size=BATCH_SIZE, processes=parts)
         with tempfile.TemporaryDirectory() as out:

@@ -51,7 +51,7 @@ def _peak_rss_mib() -> float | None:
 
 def child(system: str, corpus: Path, model: Path, threads: int, rows_per_shard: int) -> dict[str, Any]:
     """Run one system (``local`` or ``ray AxC``) in this process; the result as JSON-ready data."""
-    from embedrt.runtime.corpus import CorpusOptions, Progress, embed_corpus
+    from embedrt.corpus import CorpusOptions, Progress, embed_corpus
 
     if system == "local":
         options = CorpusOptions(threads=threads, batch_size=BATCH_SIZE, rows_per_shard=rows_per_shard)

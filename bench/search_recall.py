@@ -47,10 +47,10 @@ import numpy as np
 import numpy.typing as npt
 from embedrt.bench.context import run_context
 from embedrt.bench.workloads import SHIPPED_STS, read_sts
-from embedrt.runtime.corpus.errors import RunMismatchError
-from embedrt.runtime.corpus.job import CorpusOptions, embed_corpus
-from embedrt.runtime.corpus.search import DEFAULT_RESCORE_MULTIPLIER, SearchHit, search_vectors
-from embedrt.runtime.corpus.writer import COMPRESSION, SEARCH_CACHE_DIR, FinishedUnit, shard_schema
+from embedrt.corpus.errors import RunMismatchError
+from embedrt.corpus.job import CorpusOptions, embed_corpus
+from embedrt.corpus.search import DEFAULT_RESCORE_MULTIPLIER, SearchHit, search_vectors
+from embedrt.corpus.writer import COMPRESSION, SEARCH_CACHE_DIR, FinishedUnit, shard_schema
 from embedrt.runtime.cpus import usable_cpus
 from embedrt.runtime.embedder import Embedder
 from embedrt.runtime.home import default_model_dir

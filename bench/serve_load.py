@@ -162,7 +162,7 @@ def start_server(model: Path, threads: int | None, extra: list[str]) -> tuple[su
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
-    command = [sys.executable, "-m", "embedrt.runtime.cli", "serve", "--model", str(model),
+    command = [sys.executable, "-m", "embedrt.cli", "serve", "--model", str(model),
                "--port", str(port), "--log-level", "warning", *extra]
     if threads:
         command += ["--threads", str(threads)]

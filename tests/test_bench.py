@@ -23,7 +23,7 @@ if _MISSING:
                 allow_module_level=True)
 
 from embedrt.bench.quality import average_ranks, invariance_batches, spearman  # noqa: E402
-from embedrt.runtime.cli import app  # noqa: E402
+from embedrt.cli import app  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

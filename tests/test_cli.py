@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from embedrt.cli import app
 from embedrt.runtime import Embedder
-from embedrt.runtime.cli import app
 from typer.testing import CliRunner
 
 runner = CliRunner()
@@ -20,7 +20,7 @@ TEXTS = ["the cat sat", "a man is playing guitar", ""]
 
 def _run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """The real console entry point in a new process."""
-    code = "from embedrt.runtime.cli import main; main()"
+    code = "from embedrt.cli import main; main()"
     return subprocess.run(
         [sys.executable, "-c", code, *args], input=stdin, capture_output=True, text=True, timeout=120
     )
@@ -50,7 +50,7 @@ def test_embed_npy_from_file(tiny_bert: Path, tmp_path: Path) -> None:
 
 def test_embed_npy_from_stdin_to_stdout(tiny_bert: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "from embedrt.runtime.cli import main; main()",
+        [sys.executable, "-c", "from embedrt.cli import main; main()",
          "embed", "-", "-m", str(tiny_bert), "--format", "npy"],
         input="\n".join(TEXTS).encode() + b"\n", capture_output=True, timeout=120,
     )

@@ -29,7 +29,7 @@ for name in list(sys.modules):
     if name.split(".")[0] in {blocked!r}:
         del sys.modules[name]
 sys.argv = ["embedrt", *{args!r}]
-from embedrt.runtime.cli import main
+from embedrt.cli import main
 main()
 """
 
@@ -231,7 +231,7 @@ def test_bench_missing_artefact(tmp_path: Path) -> None:
 
 
 def test_every_command_is_covered_here() -> None:
-    from embedrt.runtime.cli.app import COMMANDS
+    from embedrt.cli.app import COMMANDS
 
     source = Path(__file__).read_text()
     for name in COMMANDS:

@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 import pytest
-from embedrt.runtime.cli._common import COMMAND_EXTRAS, missing_module
-from embedrt.runtime.cli.app import COMMANDS
+from embedrt.cli._common import COMMAND_EXTRAS, missing_module
+from embedrt.cli.app import COMMANDS
 
 # The named top-level modules look not installed: every import finder answers "not found"
 # for them (find_spec returns None, import raises ModuleNotFoundError), as on a base install.
@@ -29,7 +29,7 @@ class Hide:
         return getattr(self.finder, attribute)
 sys.meta_path[:] = [Hide(finder) for finder in sys.meta_path]
 sys.argv = ["embedrt", *{args!r}]
-from embedrt.runtime.cli import main
+from embedrt.cli import main
 main()
 """
 # rich stays: typer (not typer-slim, which the base install has) cannot import without it.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "embedrt.runtime.cli"]
+CLI = [sys.executable, "-m", "embedrt.cli"]
 
 
 def _to_closed_pipe(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -41,7 +41,7 @@ def test_head_on_a_large_npy_stream_exits_quietly(tiny_bert: Path, tmp_path: Pat
     # meets the closed pipe; pipefail makes the pipeline's status embedrt's if it fails.
     texts = tmp_path / "big.txt"
     texts.write_text("the cat sat on the road\n" * 4000)
-    command = (f"set -o pipefail; {sys.executable} -m embedrt.runtime.cli embed - -m {tiny_bert} "
+    command = (f"set -o pipefail; {sys.executable} -m embedrt.cli embed - -m {tiny_bert} "
                f"--format npy < {texts} | head -c 10 > {tmp_path / 'head.bin'}")
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -50,7 +50,7 @@ def test_head_on_a_large_npy_stream_exits_quietly(tiny_bert: Path, tmp_path: Pat
 
 
 def test_info_piped_to_head_prints_its_first_line(tiny_bert: Path) -> None:
-    command = f"set -o pipefail; {sys.executable} -m embedrt.runtime.cli info {tiny_bert} | head -1"
+    command = f"set -o pipefail; {sys.executable} -m embedrt.cli info {tiny_bert} | head -1"
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"artefact        {tiny_bert}\n" and result.stderr == ""

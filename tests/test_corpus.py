@@ -19,9 +19,8 @@ import pytest
 pa = pytest.importorskip("pyarrow", reason="the corpus job writes Parquet: the [corpus] extra")
 pq = pytest.importorskip("pyarrow.parquet", reason="the corpus job writes Parquet: the [corpus] extra")
 
-from embedrt.runtime import Embedder  # noqa: E402
-from embedrt.runtime.cli import app  # noqa: E402
-from embedrt.runtime.corpus import (  # noqa: E402
+from embedrt.cli import app  # noqa: E402
+from embedrt.corpus import (  # noqa: E402
     BadRowError,
     CorpusError,
     CorpusInputError,
@@ -29,7 +28,8 @@ from embedrt.runtime.corpus import (  # noqa: E402
     RunMismatchError,
     embed_corpus,
 )
-from embedrt.runtime.corpus.record import load_record, locked  # noqa: E402
+from embedrt.corpus.record import load_record, locked  # noqa: E402
+from embedrt.runtime import Embedder  # noqa: E402
 from embedrt.runtime.precision import Int8Calibration, calibrate_int8, quantize_embeddings  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
@@ -387,7 +387,7 @@ def test_without_pyarrow_the_error_names_the_extra(tiny_bert, tmp_path) -> None:
     source.write_text("the cat\n")
     code = (
         "import sys; sys.modules['pyarrow'] = None\n"
-        "from embedrt.runtime.corpus import embed_corpus\n"
+        "from embedrt.corpus import embed_corpus\n"
         "from embedrt.runtime.errors import MissingExtraError\n"
         f"try:\n    embed_corpus([{str(source)!r}], {str(tmp_path / 'out')!r}, {str(tiny_bert)!r})\n"
         "except MissingExtraError as err:\n    print(err)\n"

@@ -25,10 +25,10 @@ ray = pytest.importorskip("ray", reason="the Ray engine needs the [ray] extra (r
 pa = pytest.importorskip("pyarrow", reason="the corpus job writes Parquet: the [corpus] extra")
 pq = pytest.importorskip("pyarrow.parquet", reason="the corpus job writes Parquet: the [corpus] extra")
 
-from embedrt.runtime.cli import app  # noqa: E402
-from embedrt.runtime.corpus import BadRowError, CorpusError, CorpusOptions, embed_corpus  # noqa: E402
-from embedrt.runtime.corpus.ray_worker import UnitWorker, decode_error  # noqa: E402
-from embedrt.runtime.corpus.record import load_record  # noqa: E402
+from embedrt.cli import app  # noqa: E402
+from embedrt.corpus import BadRowError, CorpusError, CorpusOptions, embed_corpus  # noqa: E402
+from embedrt.corpus.ray_worker import UnitWorker, decode_error  # noqa: E402
+from embedrt.corpus.record import load_record  # noqa: E402
 from embedrt.runtime.errors import ArtefactNotFoundError, MissingExtraError  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
@@ -143,7 +143,7 @@ def test_ray_vectors_agree_with_a_local_run_on_more_threads(ray_address, tiny_be
 
 def _ray_command(inputs: list[Path], out: Path, model: Path, address: str) -> list[str]:
     return [
-        sys.executable, "-m", "embedrt.runtime.cli", "embed-corpus", *map(str, inputs), "--out", str(out),
+        sys.executable, "-m", "embedrt.cli", "embed-corpus", *map(str, inputs), "--out", str(out),
         "--model", str(model), "--id-column", "id", "--on-bad-row", "skip", "--rows-per-shard", "5",
         "--chunk-rows", "4", "--engine", "ray", "--address", address, "--actors", "2",
         "--cpus-per-actor", "1", "--quiet",

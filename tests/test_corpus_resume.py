@@ -57,7 +57,7 @@ def _corpus(directory: Path, words: list[str]) -> list[Path]:
 
 def _command(inputs: list[Path], out: Path, model: Path) -> list[str]:
     return [
-        sys.executable, "-m", "embedrt.runtime.cli", "embed-corpus", *map(str, inputs), "--out", str(out),
+        sys.executable, "-m", "embedrt.cli", "embed-corpus", *map(str, inputs), "--out", str(out),
         "--model", str(model), "--precision", "int8", "--calibration-rows", "300", "--id-column", "id",
         "--on-bad-row", "skip", "--rows-per-shard", str(ROWS_PER_SHARD), "--chunk-rows", "40",
         "--threads", "1", "--quiet",

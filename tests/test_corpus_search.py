@@ -18,16 +18,16 @@ pytest.importorskip("pyarrow", reason="search reads Parquet shards: the [corpus]
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-from embedrt.runtime import ArtefactError, ArtefactNotFoundError, Embedder, EmbedrtError  # noqa: E402
-from embedrt.runtime.corpus.errors import CorpusError  # noqa: E402
-from embedrt.runtime.corpus.search import (  # noqa: E402
+from embedrt.corpus.errors import CorpusError  # noqa: E402
+from embedrt.corpus.search import (  # noqa: E402
     RunNotFoundError,
     SearchError,
     SearchHit,
     search,
     search_vectors,
 )
-from embedrt.runtime.corpus.writer import FinishedUnit  # noqa: E402
+from embedrt.corpus.writer import FinishedUnit  # noqa: E402
+from embedrt.runtime import ArtefactError, ArtefactNotFoundError, Embedder, EmbedrtError  # noqa: E402
 from embedrt.runtime.manifest import sha256_file  # noqa: E402
 from embedrt.runtime.precision import (  # noqa: E402
     calibrate_int8,
@@ -215,7 +215,7 @@ def test_a_bad_or_unwritable_cache_is_skipped_with_a_warning(
 
 
 def test_overwriting_a_run_clears_its_search_cache(tmp_path: Path) -> None:
-    from embedrt.runtime.corpus.record import clear_run
+    from embedrt.corpus.record import clear_run
 
     run = _vector_run(tmp_path / "run", _clustered(900, 16), "float32")
     search_vectors(run, _clustered(2, 16), k=5)
@@ -277,7 +277,7 @@ def corpus_texts(tiny_model_words: list[str]) -> list[str]:
 
 
 def _embed_corpus(tmp_path: Path, texts: list[str], artefact: Path, precision: str) -> Path:
-    from embedrt.runtime.corpus.job import CorpusOptions, embed_corpus
+    from embedrt.corpus.job import CorpusOptions, embed_corpus
 
     source = tmp_path / "corpus.jsonl"
     source.write_text("".join(json.dumps({"id": f"doc{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
@@ -290,7 +290,7 @@ def _embed_corpus(tmp_path: Path, texts: list[str], artefact: Path, precision: s
 def test_search_on_a_real_float32_run_equals_brute_force_in_python_and_cli(
     tmp_path: Path, tiny_bert: Path, corpus_texts: list[str]
 ) -> None:
-    from embedrt.runtime.cli.app import app
+    from embedrt.cli.app import app
 
     run = _embed_corpus(tmp_path, corpus_texts, tiny_bert, "float32")
     embedder = Embedder.load(tiny_bert)
@@ -383,7 +383,7 @@ def test_bad_searches_raise_typed_errors_that_say_what_to_do(tmp_path: Path) -> 
 def test_the_runs_model_is_checked_and_an_explicit_model_is_trusted(
     tmp_path: Path, tiny_bert: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from embedrt.runtime.cli.app import app
+    from embedrt.cli.app import app
 
     dim = Embedder.load(tiny_bert).dim
     changed = _vector_run(tmp_path / "changed", _clustered(30, dim), "float32", model=tiny_bert,
@@ -420,7 +420,7 @@ def test_without_pyarrow_search_names_the_extra(tmp_path: Path) -> None:
         sys.meta_path.insert(0, Block())
         import numpy as np
         from embedrt.runtime.errors import MissingExtraError
-        from embedrt.runtime.corpus.search import search_vectors
+        from embedrt.corpus.search import search_vectors
         try:
             search_vectors({str(run)!r}, np.ones((1, 4), np.float32))
         except MissingExtraError as err:

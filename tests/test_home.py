@@ -25,7 +25,7 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def _cli(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "embedrt.runtime.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "embedrt.cli", *args], capture_output=True,
                           text=True, timeout=120, cwd=cwd, env=env)
 
 

@@ -103,7 +103,7 @@ def test_int8_through_the_cli_and_the_server(
     sample = texts[:6]
     offline = Embedder.load(mpnet_int8).embed(sample)
     assert row_cosines(offline, torch_vectors[:6]).min() >= 0.99
-    command = [sys.executable, "-m", "embedrt.runtime.cli", "embed", *sample, "--model", str(mpnet_int8)]
+    command = [sys.executable, "-m", "embedrt.cli", "embed", *sample, "--model", str(mpnet_int8)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
     cli = np.array([json.loads(line)["embedding"] for line in done.stdout.splitlines()], np.float32)
     assert cli.shape == (6, 768) and row_cosines(cli, offline).min() >= 0.99999

@@ -102,7 +102,7 @@ def test_bf16_through_the_cli_and_a_real_server(
 
     sample = _texts(tiny_model_words)[:6]
     offline = Embedder.load(tiny_bert_bf16).embed(sample)
-    command = [sys.executable, "-m", "embedrt.runtime.cli", "embed", *sample, "--model", str(tiny_bert_bf16)]
+    command = [sys.executable, "-m", "embedrt.cli", "embed", *sample, "--model", str(tiny_bert_bf16)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
     cli = np.array([json.loads(line)["embedding"] for line in done.stdout.splitlines()], np.float32)
     assert cli.shape == offline.shape and row_cosines(cli, offline).min() >= 0.99999

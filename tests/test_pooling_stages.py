@@ -226,7 +226,7 @@ def test_dense_model_matches_torch(
 
 
 def test_info_lists_the_dense_stages(dense_artefacts: dict[str, Path]) -> None:
-    from embedrt.runtime.cli import app
+    from embedrt.cli import app
     from typer.testing import CliRunner
 
     result = CliRunner().invoke(app, ["info", str(dense_artefacts["tanh-normalize"])])

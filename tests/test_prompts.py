@@ -122,7 +122,7 @@ def test_truncate_dim_out_of_range_is_refused(prompted: Path, embedder: Embedder
 
 
 def test_cli_embed_takes_prompt_name_prompt_and_truncate_dim(prompted: Path, embedder: Embedder) -> None:
-    from embedrt.runtime.cli import app
+    from embedrt.cli import app
     from typer.testing import CliRunner
 
     runner = CliRunner()
@@ -140,7 +140,7 @@ def test_cli_embed_takes_prompt_name_prompt_and_truncate_dim(prompted: Path, emb
 
 
 def test_cli_info_lists_the_prompts(prompted: Path) -> None:
-    from embedrt.runtime.cli import app
+    from embedrt.cli import app
     from typer.testing import CliRunner
 
     result = CliRunner().invoke(app, ["info", str(prompted)])

@@ -1,6 +1,6 @@
 """The embedding server, tested as users meet it: a real `embedrt serve` process on loopback.
 
-Each server is started with `python -m embedrt.runtime.cli serve` on a free port, waited
+Each server is started with `python -m embedrt.cli serve` on a free port, waited
 for on /health, and stopped with SIGTERM by its fixture.
 """
 
@@ -61,7 +61,7 @@ def _free_port() -> int:
 
 
 def _command(model: Path, port: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "embedrt.runtime.cli", "serve", "--model", str(model),
+    return [sys.executable, "-m", "embedrt.cli", "serve", "--model", str(model),
             "--port", str(port), "--log-level", "warning", *args]
 
 
@@ -368,7 +368,7 @@ def test_corrupt_model_fails_health_and_exits(tiny_bert: Path, tmp_path: Path) -
 
 def test_missing_serve_extra_names_it(tiny_bert: Path) -> None:
     code = ("import sys; sys.modules['starlette'] = None; sys.modules['uvicorn'] = None\n"
-            "from embedrt.runtime.cli import main\n"
+            "from embedrt.cli import main\n"
             f"sys.argv = ['embedrt', 'serve', '--model', {str(tiny_bert)!r}]\nmain()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stderr
@@ -379,7 +379,7 @@ def test_missing_serve_extra_names_it(tiny_bert: Path) -> None:
 
 def test_missing_orjson_names_the_serve_extra(tiny_bert: Path) -> None:
     code = ("import sys; sys.modules['orjson'] = None\n"
-            "from embedrt.runtime.cli import main\n"
+            "from embedrt.cli import main\n"
             f"sys.argv = ['embedrt', 'serve', '--model', {str(tiny_bert)!r}]\nmain()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stderr
@@ -389,7 +389,7 @@ def test_missing_orjson_names_the_serve_extra(tiny_bert: Path) -> None:
 def test_vector_json_is_the_same_doubles_as_json_dumps() -> None:
     import json
 
-    from embedrt.runtime.serve.app import _json_vectors, _VectorResponse
+    from embedrt.serve.app import _json_vectors, _VectorResponse
 
     rows = np.random.default_rng(0).standard_normal((3, 384)).astype(np.float32)
     rows[0, :4] = [1e-8, -3.4e38, 0.0, 1.0]
@@ -404,7 +404,7 @@ def test_vector_json_is_the_same_doubles_as_json_dumps() -> None:
 
 
 def test_serve_help_has_an_example() -> None:
-    result = subprocess.run([sys.executable, "-m", "embedrt.runtime.cli", "serve", "--help"],
+    result = subprocess.run([sys.executable, "-m", "embedrt.cli", "serve", "--help"],
                             capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
     assert result.returncode == 0
     assert "Example: embedrt serve --port 8080" in result.stdout and "EMBEDRT_MAX_QUEUE" in result.stdout
@@ -414,7 +414,7 @@ def test_serve_help_has_an_example() -> None:
 def test_server_modules_import_no_torch_stack() -> None:
     blocked = ["torch", "transformers", "optimum", "onnx", "sentence_transformers"]
     code = (f"import sys\nfor name in {blocked!r}: sys.modules[name] = None\n"
-            "import embedrt.runtime.serve.app, embedrt.runtime.serve.batcher, embedrt.runtime.cli.serve")
+            "import embedrt.serve.app, embedrt.serve.batcher, embedrt.cli.serve")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
@@ -497,8 +497,8 @@ def test_without_a_wait_requests_queued_during_a_batch_share_the_next(
     offline: Embedder, words: list[str]
 ) -> None:
     """max_wait_ms=0 (the default) still batches: what queues while a batch runs forms the next."""
-    from embedrt.runtime.serve.batcher import Batcher
-    from embedrt.runtime.serve.config import DEFAULTS
+    from embedrt.serve.batcher import Batcher
+    from embedrt.serve.config import DEFAULTS
 
     assert DEFAULTS.max_wait_ms == 0
     calls = _Calls()

@@ -1,0 +1,103 @@
+"""``embedrt export``: a sentence-transformers model to a checked ONNX artefact ([export] extra).
+
+The options are checked before anything heavy loads: a wrong ``--variant`` or ``--isa``
+fails in a fraction of a second, not after the torch export.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from embedrt.runtime.home import artefact_dir
+
+from ._common import EXPORT_MODULES, ThreadsOption, missing_module, require
+
+
+def command(
+    source: Annotated[
+        str | None,
+        typer.Argument(help="A local sentence-transformers folder or a known model name. "
+                       "Default: the catalogue's default model (all-MiniLM-L6-v2)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Default: <home>/models/<model-name>/<variant>/, where the "
+                     "other commands look; the home is $EMBEDRT_HOME, else the user data directory "
+                     "(~/.local/share/embedrt on Linux)."),
+    ] = None,
+    variant: Annotated[
+        str, typer.Option(help="fp32, fp32-optimised, int8 (CPU serving), int8-edge, int4-edge, or bf16 "
+                          "(OpenVINO at bfloat16 precision; the [openvino] extra).")
+    ] = "fp32",
+    check: Annotated[bool, typer.Option(help="Check parity against torch.")] = True,
+    isa: Annotated[
+        str | None,
+        typer.Option(help="x86 CPU a quantised recipe targets: avx512_vnni, avx_vnni, avx512, avx2. "
+                     "Default: this machine's. arm64 runs the avx512_vnni file (what an ARM "
+                     "machine exports): one int8 file serves x86 with VNNI and arm64."),
+    ] = None,
+    min_cosine: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Quantised variants: keep the most sensitive nodes "
+                     "in float until the min per-sentence cosine to torch on calibration "
+                     "sentences reaches this; fail if nothing does."),
+    ] = None,
+    threads: ThreadsOption = None,
+) -> None:
+    """Export a sentence-transformers model to ONNX and check it against torch.
+
+    Example: embedrt export --variant int8
+    """
+    # embedrt.export's package is light (no torch at import); its options check themselves.
+    from embedrt.export import ExportOptions
+
+    options = ExportOptions(
+        variant=variant, check=check, threads=threads, isa=isa, min_cosine=min_cosine
+    )
+    require("export", "embedrt export", EXPORT_MODULES)
+    from embedrt.export import export_model
+    from embedrt.export.source import resolve_source
+
+    started = time.perf_counter()
+    target = out if out is not None else artefact_dir(resolve_source(source)[1], options.variant)
+    with _Progress("export") as step:
+        manifest = export_model(source, target, options, progress=step)
+    size = (target / "model.onnx").stat().st_size
+    typer.echo(f"wrote {target} ({manifest.variant}, model.onnx {size / 1e6:.1f} MB) "
+               f"in {time.perf_counter() - started:.1f} s")
+    if manifest.parity is not None:
+        p = manifest.parity
+        typer.echo(f"parity vs torch on {p.sentences} sentences: min cosine "
+                   f"{p.min_cosine:.7f}, max |diff| {p.max_abs_diff:.2e}")
+
+
+class _Progress:
+    """A spinner with the current step, on stderr, only when stderr is a terminal."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self._status: Any = None  # a rich Status, imported only on a terminal
+
+    def __enter__(self) -> Callable[[str], None]:
+        if sys.stderr.isatty() and missing_module(("rich",)) is None:  # [export] brings rich
+            from rich.console import Console
+
+            self._status = Console(stderr=True).status(self.title)
+            self._status.__enter__()
+        return self.step
+
+    def step(self, message: str) -> None:
+        """Show the step that starts now."""
+        if self._status is not None:
+            self._status.update(f"{self.title}: {message}")
+        else:
+            typer.echo(f"{self.title}: {message}", err=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.__exit__(*exc)

@@ -1,5 +1,0 @@
-"""``python -m embedrt.runtime.cli``: the same as the ``embedrt`` command."""
-
-from .app import main
-
-main()

@@ -1,0 +1,261 @@
+"""Request validation and the OpenAPI document of the embedding server.
+
+Both are built from the same :class:`~embedrt.serve.config.ServerConfig`, so the
+document states the limits the server enforces (``maxItems``, ``maxLength``, the
+``dimensions`` range and the prompt names), and a request the document allows is one the
+server accepts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from embedrt.runtime.errors import EmbedrtError
+
+from .config import ServerConfig
+
+
+class RequestError(EmbedrtError, ValueError):
+    """A request the server refuses; becomes a 4xx with a JSON error body."""
+
+    def __init__(
+        self, status: int, message: str, param: str | None = None, limit: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.field = param  # the JSON field at fault, reported as "param"
+        self.limit = limit
+
+    def body(self) -> dict[str, Any]:
+        """The JSON error body (OpenAI's shape, plus the limit when one was exceeded)."""
+        kind = "invalid_request_error" if self.status < 500 else (
+            "server_unavailable" if self.status == 503 else "server_error")
+        error: dict[str, Any] = {"message": str(self), "type": kind, "param": self.field, "code": self.status}
+        if self.limit is not None:
+            error["limit"] = self.limit
+        return {"error": error}
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """Decode a request body that must be a JSON object.
+
+    Raises:
+        RequestError: 400 when it is not valid JSON, 422 when it is not an object.
+    """
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, bad UTF-8, deep nesting
+        raise RequestError(400, f"the request body is not valid JSON: {err}") from err
+    if not isinstance(payload, dict):
+        raise RequestError(422, f"the request body must be a JSON object, got {_kind(payload)}")
+    return payload
+
+
+def texts_field(
+    payload: dict[str, Any], name: str, limits: ServerConfig, label: str | None = None
+) -> tuple[list[str], bool]:
+    """Read a string-or-list-of-strings field; returns the texts and whether it was a list.
+
+    ``label`` names the field in messages (default: ``name``).
+
+    Raises:
+        RequestError: 422 when it is missing, of the wrong type, empty, or over a limit.
+    """
+    where = label or name
+    if name not in payload:
+        raise RequestError(422, f"'{where}' is required: a string or a list of strings", where)
+    value = payload[name]
+    if isinstance(value, str):
+        return [check_text(value, where, limits)], False
+    if not isinstance(value, list):
+        raise RequestError(422, f"'{where}' must be a string or a list of strings, got {_kind(value)}", where)
+    if not value:
+        raise RequestError(422, f"'{where}' is an empty list; send at least one string", where)
+    if len(value) > limits.max_inputs:
+        raise RequestError(
+            422, f"'{where}' has {len(value)} items; at most {limits.max_inputs} are accepted per "
+            "request (--max-inputs, EMBEDRT_MAX_INPUTS). Split it into several requests.",
+            where, limits.max_inputs,
+        )
+    return [check_text(item, f"{where}[{i}]", limits) for i, item in enumerate(value)], True
+
+
+def check_text(value: Any, where: str, limits: ServerConfig) -> str:
+    """Check one text's type, length and encodability.
+
+    Raises:
+        RequestError: 422 naming ``where`` and the problem.
+    """
+    if not isinstance(value, str):
+        hint = " (token arrays are not supported; send text)" if isinstance(value, (int, list)) else ""
+        raise RequestError(422, f"'{where}' must be a string, got {_kind(value)}{hint}", where)
+    if len(value) > limits.max_chars:
+        raise RequestError(
+            422, f"'{where}' has {len(value)} characters; at most {limits.max_chars} are accepted "
+            "(--max-chars, EMBEDRT_MAX_CHARS)", where, limits.max_chars,
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise RequestError(422, f"'{where}' is not valid Unicode text ({err.reason})", where) from err
+    return value
+
+
+def optional(payload: dict[str, Any], name: str, kind: type, default: Any) -> Any:
+    """Read an optional field of one JSON type (null means absent).
+
+    Raises:
+        RequestError: 422 when it is present with another type.
+    """
+    value = payload.get(name)
+    if value is None:
+        return default
+    # bool is an int subclass in Python; JSON true is not an integer
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise RequestError(422, f"'{name}' must be {_JSON_NAMES[kind]}, got {_kind(value)}", name)
+    return value
+
+
+_JSON_NAMES: dict[type, str] = {
+    str: "a string", int: "an integer", bool: "a boolean", dict: "an object", list: "a list"
+}
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    for kind, name in _JSON_NAMES.items():
+        if isinstance(value, kind):
+            return name
+    return "a number"
+
+
+def _texts_schema(limits: ServerConfig) -> dict[str, Any]:
+    text = {"type": "string", "maxLength": limits.max_chars}
+    return {"oneOf": [text, {"type": "array", "items": text, "minItems": 1, "maxItems": limits.max_inputs}]}
+
+
+def _error_responses(*statuses: int) -> dict[str, Any]:
+    reasons = {
+        400: "The body is not valid JSON.",
+        413: "The body is larger than max_body_bytes.",
+        422: "A field is missing, of the wrong type, empty, or over a limit (the message says which).",
+        503: "The model is still loading, the queue is full, or the server is stopping (see Retry-After).",
+    }
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {str(status): {"description": reasons[status], **error} for status in statuses}
+
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _ok(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def openapi_document(
+    model_name: str, dim: int, limits: ServerConfig, prompt_names: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route, with this server's model, prompts and limits."""
+    texts = _texts_schema(limits)
+    options = _embedding_options(dim, prompt_names)
+    vector = {"type": "array", "items": {"type": "number"}}
+    post_errors = _error_responses(400, 413, 422, 503)
+    paths = {
+        "/v1/embeddings": {"post": {
+            "summary": "OpenAI-compatible embeddings",
+            "description": "Inputs over the model's max_seq_length tokens are truncated; the "
+            "x-embedrt-truncated header counts them.",
+            "requestBody": _json_body(_openai_request(texts, options)),
+            "responses": {"200": _ok({"$ref": "#/components/schemas/EmbeddingList"},
+                                     "One item per input, in order."), **post_errors},
+        }},
+        "/embed": {"post": {
+            "summary": "text-embeddings-inference-style embeddings",
+            "description": "normalize=true returns unit vectors; normalize=false returns the model "
+            "pipeline's own output (already unit length when the model has a Normalize stage). "
+            "truncate=false rejects over-long inputs with 422.",
+            "requestBody": _json_body({"type": "object", "required": ["inputs"], "properties": {
+                "inputs": texts, "normalize": {"type": ["boolean", "null"]},
+                "truncate": {"type": ["boolean", "null"]}, **options}}),
+            "responses": {"200": _ok({"type": "array", "items": vector}, "One vector per input, in order."),
+                          **post_errors},
+        }},
+        "/similarity": {"post": {
+            "summary": "Cosine similarity of a source sentence to each of several sentences",
+            "requestBody": _json_body(_similarity_request(limits)),
+            "responses": {"200": _ok({"type": "array", "items": {"type": "number"}},
+                                     "One score per sentence."), **post_errors},
+        }},
+        "/health": {"get": {"summary": "Ready once the model is loaded", "responses": {
+            "200": _ok(_STATUS, "The model is loaded."),
+            "503": _ok(_STATUS, "The model is loading (or failed to load)."),
+        }}},
+        "/info": {"get": {"summary": "The model's manifest, the limits and the batching settings",
+                          "responses": {"200": _ok({"type": "object"}, "Manifest and limits.")}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
+            "description": "Prometheus text exposition format 0.0.4.",
+            "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "embedrt embedding server", "version": "1", "description": f"Serves {model_name} "
+                 f"({dim} dimensions)."},
+        "paths": paths,
+        "components": {"schemas": {"Error": _ERROR, "EmbeddingList": _embedding_list()}},
+    }
+
+
+_STATUS = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
+_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message"], "properties": {
+        "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": ["string", "null"]},
+        "code": {"type": "integer"}, "limit": {"type": "integer"}}}}}
+
+
+def _embedding_options(dim: int, prompt_names: Sequence[str]) -> dict[str, Any]:
+    """``dimensions`` and ``prompt_name``, which both embedding routes take."""
+    return {
+        "dimensions": {"type": ["integer", "null"], "minimum": 1, "maximum": dim,
+                       "description": "Keep the first this many dimensions (Matryoshka models), "
+                       "normalised again when the model normalises. Default: all."},
+        "prompt_name": {"enum": [*prompt_names, None], "description": "Prepend the model's prompt "
+                        "of this name (an embedrt extension on /v1/embeddings). Default: the model's "
+                        "default prompt, if it has one."},
+    }
+
+
+def _openai_request(texts: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": ["input"], "properties": {
+        "input": texts,
+        "model": {"type": ["string", "null"]},
+        "encoding_format": {"enum": ["float", "base64", None]},
+        "user": {"type": ["string", "null"]},
+        **options,
+    }}
+
+
+def _similarity_request(limits: ServerConfig) -> dict[str, Any]:
+    text = {"type": "string", "maxLength": limits.max_chars}
+    sentences = {"type": "array", "items": text, "minItems": 1, "maxItems": limits.max_inputs}
+    inputs = {"type": "object", "required": ["source_sentence", "sentences"],
+              "properties": {"source_sentence": text, "sentences": sentences}}
+    return {"type": "object", "required": ["inputs"], "properties": {
+        "inputs": inputs, "truncate": {"type": ["boolean", "null"]}}}
+
+
+def _embedding_list() -> dict[str, Any]:
+    item = {"type": "object", "required": ["object", "index", "embedding"], "properties": {
+        "object": {"const": "embedding"}, "index": {"type": "integer"},
+        "embedding": {"oneOf": [{"type": "array", "items": {"type": "number"}},
+                                {"type": "string", "description": "base64 of little-endian float32"}]}}}
+    usage = {"type": "object", "required": ["prompt_tokens", "total_tokens"], "properties": {
+        "prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}}}
+    return {"type": "object", "required": ["object", "data", "model", "usage"], "properties": {
+        "object": {"const": "list"}, "data": {"type": "array", "items": item},
+        "model": {"type": "string"}, "usage": usage}}
