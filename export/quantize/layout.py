@@ -10,18 +10,16 @@ attention's context) or ``per-token`` (computed per row at run time) for the blo
 FFN-down always per token. Both keep a sentence's vector independent of its batch. Static
 scales are faster (no row reductions; ``QAttention`` where there is no position bias) but
 must span the largest activation any token produces: in a model with massive activations
-(MPNet) that leaves too few steps for the rest. ``auto`` decides per model by measuring
-(:func:`choose_scales`).
+(MPNet) that leaves too few steps for the rest. ``auto`` is decided per model by measuring
+(:func:`.accuracy.choose_scales`) before the rewrite.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +30,7 @@ from embedrt.export.quantize.builders import Kernels
 from embedrt.export.quantize.calibration import ActivationRange, activation_ranges
 from embedrt.export.quantize.encoder import Encoder, match_encoder
 from embedrt.export.quantize.graph import Feed, GraphEdit
-from embedrt.export.quantize.recipe import SCALES_AUTO, SCALES_PER_TOKEN, SCALES_STATIC, Recipe, with_scales
+from embedrt.export.quantize.recipe import SCALES_STATIC, Recipe
 from embedrt.export.quantize.shapes import fold_shape_arithmetic
 
 if TYPE_CHECKING:
@@ -160,43 +158,3 @@ def _mask_nodes(g: GraphEdit, mask: str) -> list[NodeProto]:
         ),
         helper.make_node("Cast", ["mask_lengths"], [mask], name=mask, to=TensorProto.INT32),
     ]
-
-
-def choose_scales(fp32_model: Path, recipe: Recipe, feeds: Sequence[Feed], texts: Sequence[str]) -> Recipe:
-    """``recipe`` with ``activation_scales`` resolved: ``static`` when it is good enough, else ``per-token``.
-
-    With ``auto``, the static graph (embedding table left fp32, so only the scales are judged)
-    embeds ``texts`` (the calibration sentences and the kinds of input the parity gate checks)
-    next to the fp32 graph; static scales are kept when the lowest per-text cosine reaches
-    ``recipe.static_check_min_cosine``. The cosine measured is recorded in the recipe.
-    Needs the tokenizer and manifest beside ``fp32_model``. Any other setting is returned
-    as it is.
-
-    Raises:
-        PatternMismatchError: a block does not match its pattern.
-    """
-    from embedrt.export.quantize.pipeline import quantize
-    from embedrt.export.stages import companion_files
-    from embedrt.runtime.embedder import Embedder
-    from embedrt.runtime.manifest import MODEL_FILE
-    from embedrt.runtime.pooling import row_cosines
-
-    if recipe.activation_scales != SCALES_AUTO:
-        return recipe
-    # The table stays fp32 in the check: it judges the activation scales alone, the same for
-    # int8 and int8-edge.
-    static = replace(with_scales(recipe, SCALES_STATIC), embedding_bits=None)
-    with tempfile.TemporaryDirectory(prefix="embedrt-scales-") as scratch:
-        dirs = {kind: Path(scratch) / kind for kind in ("fp32", "static")}
-        for directory in dirs.values():
-            directory.mkdir()
-            for name in companion_files(fp32_model.parent):  # tokenizer, manifest, Dense weights
-                shutil.copyfile(fp32_model.parent / name, directory / name)
-        (dirs["fp32"] / MODEL_FILE).symlink_to(fp32_model.resolve())
-        quantize(fp32_model, dirs["static"] / MODEL_FILE, static, calibration=feeds)
-        reference = Embedder.load(dirs["fp32"], verify=False).embed(list(texts))
-        vectors = Embedder.load(dirs["static"], verify=False).embed(list(texts))
-    reached = float(row_cosines(reference, vectors).min())
-    chosen = SCALES_STATIC if reached >= recipe.static_check_min_cosine else SCALES_PER_TOKEN
-    logger.info("static activation scales reach min cosine %.5f to fp32: %s scales", reached, chosen)
-    return replace(with_scales(recipe, chosen), static_check_result=round(reached, 6))

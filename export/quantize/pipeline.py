@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from embedrt.export.errors import PatternMismatchError, UnsupportedModelError
 from embedrt.export.quantize import embedding, layout, nbits, per_token
+from embedrt.export.quantize.accuracy import choose_scales
 from embedrt.export.quantize.calibration import check_sentences, default_calibration
 from embedrt.export.quantize.graph import Feed, GraphEdit, remove_dead, weight_matmuls
 from embedrt.export.quantize.recipe import (
@@ -94,7 +95,7 @@ def quantize(
 
     Layout ``blocks`` rewrites the blocks embedrt's patterns match (:mod:`.layout`), falling
     back to ``per-token`` (recorded in the returned record, with the reason) when a block does
-    not match; ``auto`` activation scales are resolved first (:func:`.layout.choose_scales`).
+    not match; ``auto`` activation scales are resolved first (:func:`resolve_scales`).
     Excluding any of a layer's Q/K/V keeps that layer's attention float. Layout ``per-token``
     folds the graph's shape arithmetic first (:mod:`.shapes`).
 
@@ -123,7 +124,7 @@ def quantize(
             logger.warning("%s: the per-token int8 layout instead (%s)", fp32_model, err)
             recipe = replace(as_per_token(recipe), fallback_reason=str(err))
         else:
-            recipe = layout.choose_scales(fp32_model, recipe, feeds, check_sentences())
+            recipe = resolve_scales(fp32_model, recipe, feeds)
             edit = layout.rewrite(prepared, recipe, excluded)
             done = _Rewrite(
                 edit.graph,
@@ -165,6 +166,22 @@ def quantize(
         size_bytes=out_model.stat().st_size,
         settings=replace(done.recipe, exclude_nodes=tuple(kept_float)).to_dict(),
     )
+
+
+def resolve_scales(fp32_model: Path, recipe: Recipe, calibration: Sequence[Feed]) -> Recipe:
+    """``recipe`` with ``auto`` activation scales measured and resolved (:func:`.accuracy.choose_scales`).
+
+    The static graph of the trial is quantised by :func:`quantize` on ``calibration``, on the
+    calibration sentences and the kinds of input the parity gate checks.
+
+    Raises:
+        PatternMismatchError: a block does not match its pattern.
+    """
+
+    def quantize_with(fp32: Path, out_model: Path, tried: Recipe) -> QuantisationRecord:
+        return quantize(fp32, out_model, tried, calibration=calibration)
+
+    return choose_scales(fp32_model, recipe, check_sentences(), quantize_with)
 
 
 def _checked_exclusions(fp32_model: Path, eligible: Sequence[NodeProto], excluded: set[str]) -> set[str]:

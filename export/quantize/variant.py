@@ -13,8 +13,7 @@ from embedrt.export.errors import PatternMismatchError
 from embedrt.export.quantize.accuracy import search
 from embedrt.export.quantize.calibration import calibration_feeds, calibration_sentences, check_sentences
 from embedrt.export.quantize.graph import Feed
-from embedrt.export.quantize.layout import choose_scales
-from embedrt.export.quantize.pipeline import quantize, search_candidates
+from embedrt.export.quantize.pipeline import quantize, resolve_scales, search_candidates
 from embedrt.export.quantize.recipe import Recipe, cpu_features, recipe_for, required_cpu_flags
 from embedrt.runtime.manifest import (
     MODEL_FILE,
@@ -105,6 +104,6 @@ def quantise_variant(
 def _resolved(fp32: Path, recipe: Recipe, feeds: Sequence[Feed]) -> Recipe:
     """``recipe`` with its activation scales chosen once (not at every trial of a search)."""
     try:
-        return choose_scales(fp32, recipe, feeds, check_sentences())
+        return resolve_scales(fp32, recipe, feeds)
     except PatternMismatchError:
         return recipe  # quantize falls back to the per-token layout and records why
