@@ -244,7 +244,7 @@ def test_recipe_for_names_the_keyword() -> None:
     assert raised.value.param is not None and raised.value.param.keyword == "isa"
     with pytest.raises(quantize.UnknownVariantError, match=r"variant 'fp32' is not a quantised variant"):
         quantize.recipe_for("fp32", "avx2")
-    assert quantize.VARIANTS == ("int8", "int8-edge", "int4-edge")
+    assert quantize.QUANTISED_VARIANTS == ("int8", "int8-edge", "int4-edge")
 
 
 @pytest.mark.export

@@ -15,7 +15,8 @@ Modules, in the order a graph goes through them:
 * :mod:`.builders`: quantised ops shared by the layouts (weights, smoothing, per-token
   quantisation, ``MatMulIntegerToFloat``); :mod:`.graph`: the graph-edit container.
 * :mod:`.shapes`: folding the shape arithmetic of an exported graph.
-* :mod:`.variant` and :mod:`.accuracy`: a variant for export, with an optional accuracy search.
+* :mod:`.variant`: a variant for export; :mod:`.accuracy`: what measured accuracy decides (``auto``
+  activation scales, the nodes an accuracy search keeps float).
 
 onnx and onnxruntime are imported inside the functions that use them.
 """
@@ -33,7 +34,7 @@ from embedrt.export.quantize.pipeline import quantizable_nodes, quantize, search
 from embedrt.export.quantize.recipe import (
     ISAS,
     LAYOUTS,
-    VARIANTS,
+    QUANTISED_VARIANTS,
     Recipe,
     as_per_token,
     cpu_features,
@@ -44,7 +45,7 @@ from embedrt.export.quantize.recipe import (
 __all__ = [
     "ISAS",
     "LAYOUTS",
-    "VARIANTS",
+    "QUANTISED_VARIANTS",
     "AccuracyTargetError",
     "PatternMismatchError",
     "QuantizationError",

@@ -21,9 +21,9 @@ from embedrt.runtime.errors import Param
 if TYPE_CHECKING:
     from embedrt.runtime.manifest import JSONValue
 
-VARIANTS = tuple(
-    v.name for v in ALL_VARIANTS.values() if v.build == BUILD_QUANTISED
-)  # int8, int8-edge, int4-edge
+# The variants export builds with this package (int8, int8-edge, int4-edge), by name; the
+# artefact variants themselves are embedrt.export.variants.VARIANTS.
+QUANTISED_VARIANTS = tuple(v.name for v in ALL_VARIANTS.values() if v.build == BUILD_QUANTISED)
 LAYOUT_BLOCKS = "blocks"
 LAYOUT_PER_TOKEN = "per-token"
 LAYOUTS = (LAYOUT_BLOCKS, LAYOUT_PER_TOKEN)
@@ -170,7 +170,7 @@ def check_isa(isa: str | None) -> None:
 def recipe_for(
     variant: str, isa: str | None = None, layout: str = LAYOUT_BLOCKS, scales: str = SCALES_AUTO
 ) -> Recipe:
-    """Return the recipe for ``variant`` (one of :data:`VARIANTS`) on ``isa`` (None: this CPU).
+    """Return the recipe for ``variant`` (one of :data:`QUANTISED_VARIANTS`) on ``isa`` (None: this CPU).
 
     ``layout`` picks the int8 graph layout (:data:`LAYOUTS`) and ``scales`` its activation
     scales (``auto``, ``static``, ``per-token``; ``blocks`` only); ``int4-edge`` ignores both.
@@ -189,9 +189,10 @@ def recipe_for(
             f"{{scales}} {scales!r} is not known; choose one of: {', '.join(_GRANULARITY)}",
             params=[Param("scales")],
         )
-    if variant not in VARIANTS:
+    if variant not in QUANTISED_VARIANTS:
         raise UnknownVariantError(
-            f"{{variant}} {variant!r} is not a quantised variant; choose one of: {', '.join(VARIANTS)}",
+            f"{{variant}} {variant!r} is not a quantised variant; choose one of: "
+            f"{', '.join(QUANTISED_VARIANTS)}",
             params=[Param("variant")],
         )
     target = _target(isa if isa is not None else detect_isa())
