@@ -214,7 +214,8 @@ def _measure(
 ) -> dict[str, Any]:
     from embedrt.runtime.cpus import usable_cpus
 
-    from .context import cpu_times, run_context, steal_percent
+    from .context import run_context
+    from .machine import cpu_times, steal_percent
 
     settings = options.settings
     counts = {b: token_counts(tokenizer, texts) for b, texts in workload.buckets.items()}

@@ -101,29 +101,12 @@ def throughput(
 
 _COLD_START_CODE = """
 import sys
-from embedrt.bench.speed import peak_rss_kib
+from embedrt.bench.machine import peak_rss_kib
 from embedrt.bench.systems import SystemSpec, build_system
 system = build_system(SystemSpec.from_json(sys.argv[1]))
 system.embed(["The first sentence this process embeds."], 1)
 print("{marker}", peak_rss_kib(), flush=True)
 """
-
-
-def peak_rss_kib() -> int:
-    """This process's peak resident set size in KiB.
-
-    ``VmHWM`` restarts at exec; ``ru_maxrss`` does not (a child forked from a large
-    parent reports the parent's peak), so it is only the fallback.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def cold_start(spec: SystemSpec, runs: int, timeout: float = 300.0) -> dict[str, Any]:

@@ -169,7 +169,7 @@ def test_invariance_batches_hold_each_probe_once() -> None:
 
 
 def test_cpu_steal_is_read_from_proc_stat(tmp_path: Path) -> None:
-    from embedrt.bench.context import cpu_times, steal_percent
+    from embedrt.bench.machine import cpu_times, steal_percent
 
     stat = tmp_path / "stat"
     stat.write_text("cpu  100 0 50 800 10 0 0 40 0 0\ncpu0 1 2 3\n")
@@ -179,3 +179,22 @@ def test_cpu_steal_is_read_from_proc_stat(tmp_path: Path) -> None:
     assert steal_percent(start, cpu_times(stat)) == 15.0  # 150 of 1000 jiffies
     assert cpu_times(tmp_path / "missing") is None
     assert steal_percent(None, start) is None
+
+
+def test_cpu_model_and_memory_come_from_proc(tmp_path: Path) -> None:
+    import os
+
+    from embedrt.bench.machine import cpu_model, peak_rss_kib, peak_rss_mib, rss_bytes
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: avx2\n\n"
+                       "processor\t: 1\nmodel name\t: Test CPU 9000\n")
+    assert cpu_model(cpuinfo) == "Test CPU 9000"
+    # This process's peak is at least what it holds now; a 64 MiB array held is in both.
+    before = peak_rss_kib()
+    held = bytearray(64 * 2**20)
+    held[:: 4096] = b"x" * len(held[:: 4096])  # touch every page so it is resident
+    now = rss_bytes(os.getpid()) / 1024
+    assert peak_rss_kib() >= now >= 64 * 1024
+    assert peak_rss_kib() >= before and abs(peak_rss_mib() - peak_rss_kib() / 1024) <= 0.05
+    del held
