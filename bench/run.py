@@ -20,15 +20,9 @@ import numpy as np
 from embedrt.runtime.errors import ArtefactNotFoundError
 
 from . import quality, speed
-from .systems import (
-    KIND_EMBEDRT,
-    KIND_FASTEMBED,
-    KIND_TORCH,
-    System,
-    SystemSpec,
-    SystemStatus,
-    load_systems,
-)
+from .peers import KIND_OPENVINO, KIND_OPENVINO_NNCF, KIND_ST_ONNX
+from .registry import load_systems
+from .systems import KIND_EMBEDRT, KIND_FASTEMBED, KIND_TORCH, System, SystemSpec, SystemStatus
 from .workloads import BUCKETS, THRESHOLDS, Workload, build_workload, length_stats, token_counts
 
 logger = logging.getLogger(__name__)
@@ -141,8 +135,6 @@ def system_specs(artefacts: Sequence[Path], threads: int) -> list[SystemSpec]:
     the fp32 artefact's tokenizer (the first artefact's without one).
     """
     from embedrt.runtime import Manifest
-
-    from .peers import KIND_OPENVINO, KIND_OPENVINO_NNCF, KIND_ST_ONNX
 
     manifests = [(path, Manifest.load(path)) for path in artefacts]
     specs = [SystemSpec(f"embedrt-{path.name}", KIND_EMBEDRT, str(path), threads) for path, _ in manifests]

@@ -102,7 +102,8 @@ def throughput(
 _COLD_START_CODE = """
 import sys
 from embedrt.bench.machine import peak_rss_kib
-from embedrt.bench.systems import SystemSpec, build_system
+from embedrt.bench.registry import build_system
+from embedrt.bench.systems import SystemSpec
 system = build_system(SystemSpec.from_json(sys.argv[1]))
 system.embed(["The first sentence this process embeds."], 1)
 print("{marker}", peak_rss_kib(), flush=True)

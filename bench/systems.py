@@ -1,8 +1,9 @@
 """The systems a benchmark compares, behind one small protocol.
 
-Each adapter wraps one way of running the model: an embedrt artefact, the original model
-on torch with sentence-transformers, fastembed pointed at an embedrt fp32 ONNX file, and the
-engines in :mod:`.peers` (OpenVINO, OpenVINO + NNCF int8, sentence-transformers' ONNX backend).
+Each adapter wraps one way of running the model. Here: an embedrt artefact, the original model
+on torch with sentence-transformers, and fastembed pointed at an embedrt fp32 ONNX file; the
+engines in :mod:`.peers` (OpenVINO, OpenVINO + NNCF int8, sentence-transformers' ONNX backend)
+implement the same protocol, and :mod:`.registry` builds any of them by kind.
 Adapters are built from a :class:`SystemSpec`, plain data that a cold-start subprocess can
 receive as JSON, and import their libraries only when built.
 
@@ -53,7 +54,7 @@ class SystemSpec:
         threads: intra-op thread budget, the same for every system in a run.
         source: the source model folder (fastembed reads its tokenizer config from there).
         option: a kind's setting, e.g. OpenVINO's precision hint (``f32``, ``bf16``).
-        prepared: a file or folder made for this system before the run (see :mod:`.peers`).
+        prepared: a file or folder made for this system before the run (see :func:`.peers.prepare`).
         order_by: the embedrt artefact whose tokenizer and ``max_seq_length`` order texts into
             batches for libraries that are called batch by batch (empty: the library's own).
     """
@@ -303,59 +304,3 @@ def _fastembed_model_name(text_embedding: Any, artefact: Path) -> tuple[str, boo
             sources=ModelSource(hf=name), dim=manifest.dim, model_file="model.onnx",
         )
     return name, False
-
-
-def _adapters() -> dict[str, Callable[[SystemSpec], System]]:
-    from . import peers
-
-    return {
-        KIND_EMBEDRT: EmbedrtSystem,
-        KIND_TORCH: SentenceTransformersSystem,
-        KIND_FASTEMBED: FastembedSystem,
-        peers.KIND_OPENVINO: peers.OpenVINOSystem,
-        peers.KIND_OPENVINO_NNCF: peers.OpenVINOSystem,
-        peers.KIND_ST_ONNX: peers.SentenceTransformersOnnxSystem,
-    }
-
-
-def build_system(spec: SystemSpec) -> System:
-    """Load the system ``spec`` describes.
-
-    Raises:
-        SystemUnavailable: its library is not installed or its files are missing.
-        ValueError: ``spec.kind`` is unknown.
-    """
-    adapters = _adapters()
-    adapter = adapters.get(spec.kind)
-    if adapter is None:
-        raise ValueError(f"unknown system kind {spec.kind!r}; expected one of {', '.join(adapters)}")
-    return adapter(spec)
-
-
-def load_systems(
-    specs: Sequence[SystemSpec], skip: Sequence[str] = (), workdir: Path | None = None
-) -> tuple[list[System], list[SystemStatus]]:
-    """Build every spec; those skipped by kind or name, or that cannot run here, are kept as skipped.
-
-    Files a peer needs made first go under ``workdir``, which must outlive the systems
-    (without one, those peers are skipped). A skipped system's status holds the reason.
-    """
-    from .peers import prepare
-
-    loaded: list[System] = []
-    statuses: list[SystemStatus] = []
-    for spec in specs:
-        if spec.kind in skip or spec.name in skip:
-            statuses.append(SystemStatus(spec, "skipped", "excluded with --skip"))
-            continue
-        try:
-            if workdir is not None:
-                spec = prepare(spec, workdir)
-            system = build_system(spec)
-        except SystemUnavailable as err:
-            logger.warning("skipping %s: %s", spec.name, err)
-            statuses.append(SystemStatus(spec, "skipped", str(err)))
-            continue
-        loaded.append(system)
-        statuses.append(SystemStatus(spec, "ok", metadata=dict(system.metadata)))
-    return loaded, statuses

@@ -20,8 +20,9 @@ if _MISSING:
     pytest.skip(f"peer tests need {', '.join(_MISSING)} ([export] and [peers] extras)",
                 allow_module_level=True)
 
+from embedrt.bench.registry import load_systems  # noqa: E402
 from embedrt.bench.run import system_specs  # noqa: E402
-from embedrt.bench.systems import SystemSpec, length_order_batches, load_systems  # noqa: E402
+from embedrt.bench.systems import SystemSpec, length_order_batches  # noqa: E402
 from embedrt.runtime import Embedder  # noqa: E402
 from embedrt.runtime.pooling import row_cosines  # noqa: E402
 from tokenizers import Encoding  # noqa: E402
