@@ -16,7 +16,8 @@ from embedrt.runtime.pooling import FloatArray
 
 MODEL_HELP = (
     f"Artefact directory. Default: ${MODEL_ENV}, else the default model in the embedrt home "
-    "(int8 if exported, else fp32; see 'embedrt export')."
+    "(auto, which 'embedrt export --variant auto' chose on this CPU; else int8 if exported, "
+    "else fp32; see 'embedrt export')."
 )
 ModelOption = Annotated[Path | None, typer.Option("--model", "-m", help=MODEL_HELP)]
 ThreadsOption = Annotated[

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from embedrt.runtime.home import artefact_dir
+from embedrt.runtime.home import AUTO_VARIANT, artefact_dir
 
-from ._common import EXPORT_MODULES, ThreadsOption, missing_module, require
+from ._common import EXPORT_MODULES, CommandLineError, ThreadsOption, missing_module, require
 
 
 def command(
@@ -31,8 +30,10 @@ def command(
                      "(~/.local/share/embedrt on Linux)."),
     ] = None,
     variant: Annotated[
-        str, typer.Option(help="fp32, fp32-optimised, int8 (CPU serving), int8-edge, int4-edge, or bf16 "
-                          "(OpenVINO at bfloat16 precision; the [openvino] extra).")
+        str, typer.Option(help="fp32, fp32-optimised, int8 (CPU serving), int8-edge, int4-edge, bf16 "
+                          "(OpenVINO at bfloat16 precision; the [openvino] extra), or auto: build "
+                          "those that fit this CPU, measure each here and keep the fastest that "
+                          "passes the int8 fidelity gate (a few minutes).")
     ] = "fp32",
     check: Annotated[bool, typer.Option(help="Check parity against torch.")] = True,
     isa: Annotated[
@@ -53,6 +54,9 @@ def command(
 
     Example: embedrt export --variant int8
     """
+    if variant == AUTO_VARIANT:
+        _export_auto(source, out, check, isa, min_cosine, threads)
+        return
     # embedrt.export's package is light (no torch at import); its options check themselves.
     from embedrt.export import ExportOptions
 
@@ -65,8 +69,8 @@ def command(
 
     started = time.perf_counter()
     target = out if out is not None else artefact_dir(resolve_source(source)[1], options.variant)
-    with _Progress("export") as step:
-        manifest = export_model(source, target, options, progress=step)
+    with _Progress("export") as progress:
+        manifest = export_model(source, target, options, progress=progress.step)
     size = (target / "model.onnx").stat().st_size
     typer.echo(f"wrote {target} ({manifest.variant}, model.onnx {size / 1e6:.1f} MB) "
                f"in {time.perf_counter() - started:.1f} s")
@@ -76,6 +80,33 @@ def command(
                    f"{p.min_cosine:.7f}, max |diff| {p.max_abs_diff:.2e}")
 
 
+def _export_auto(
+    source: str | None, out: Path | None, check: bool, isa: str | None, min_cosine: float | None,
+    threads: int | None,
+) -> None:
+    """``--variant auto``: see :mod:`embedrt.bench.auto_variant`; prints the choice in one line."""
+    given = [name for name, value in (("--no-check", not check), ("--isa", isa is not None),
+                                      ("--min-cosine", min_cosine is not None)) if value]
+    if given:
+        raise CommandLineError(
+            f"{', '.join(given)} cannot be combined with --variant auto: it builds this CPU's "
+            "recipes and checks every candidate against the fidelity gate itself; drop "
+            f"{'them' if len(given) > 1 else 'it'}, or export a named variant"
+        )
+    require("export", "embedrt export", EXPORT_MODULES)
+    from embedrt.bench.auto_rank import summary_line
+    from embedrt.bench.auto_variant import AutoOptions, export_auto
+
+    started = time.perf_counter()
+    with _Progress("export") as progress:
+        manifest = export_auto(source, out, AutoOptions(threads=threads), progress.step, progress.note)
+    if manifest.selection is None:  # export_auto always records it
+        raise RuntimeError("export_auto wrote no selection record")
+    typer.echo(summary_line(manifest.selection))
+    typer.echo(f"wrote {out or artefact_dir(manifest.model_name, AUTO_VARIANT)} ({manifest.variant}) "
+               f"in {time.perf_counter() - started:.1f} s")
+
+
 class _Progress:
     """A spinner with the current step, on stderr, only when stderr is a terminal."""
 
@@ -83,13 +114,13 @@ class _Progress:
         self.title = title
         self._status: Any = None  # a rich Status, imported only on a terminal
 
-    def __enter__(self) -> Callable[[str], None]:
+    def __enter__(self) -> _Progress:
         if sys.stderr.isatty() and missing_module(("rich",)) is None:  # [export] brings rich
             from rich.console import Console
 
             self._status = Console(stderr=True).status(self.title)
             self._status.__enter__()
-        return self.step
+        return self
 
     def step(self, message: str) -> None:
         """Show the step that starts now."""
@@ -97,6 +128,13 @@ class _Progress:
             self._status.update(f"{self.title}: {message}")
         else:
             typer.echo(f"{self.title}: {message}", err=True)
+
+    def note(self, line: str) -> None:
+        """Print a line that stays (above the spinner on a terminal)."""
+        if self._status is not None:
+            self._status.console.print(line, markup=False, highlight=False)
+        else:
+            typer.echo(line, err=True)
 
     def __exit__(self, *exc: object) -> None:
         if self._status is not None:

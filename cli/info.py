@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 from embedrt.runtime.embedder import verify_files
-from embedrt.runtime.manifest import MODEL_FILE, Manifest
+from embedrt.runtime.manifest import MODEL_FILE, Manifest, SelectionRecord
 
 from ._common import model_dir
 
@@ -61,6 +61,30 @@ def _describe(manifest: Manifest, directory: Path) -> list[tuple[str, str]]:
         p = manifest.parity
         rows.append(("parity", f"{p.sentences} sentences vs torch: min cosine {p.min_cosine:.7f}, "
                      f"max |diff| {p.max_abs_diff:.2e}"))
+    if manifest.selection is not None:
+        rows += _selection(manifest.selection)
+    return rows
+
+
+def _selection(selection: SelectionRecord) -> list[tuple[str, str]]:
+    """How ``--variant auto`` chose: the reason, the measuring setup, one row per candidate."""
+    rows = [
+        ("auto choice", f"{selection.chosen}: {selection.reason}"),
+        ("measured on", f"{selection.cpu_model} ({', '.join(selection.cpu_flags) or 'no flags read'}), "
+         f"{selection.threads} threads, batch {selection.batch_size}, median of {selection.repeats}, "
+         f"{selection.seconds:.0f} s"),
+        ("gate", f"held-out min cosine >= {selection.gate_min_cosine}, mean >= "
+         f"{selection.gate_mean_cosine} ({selection.fidelity_texts} texts), invariance >= "
+         f"{selection.gate_invariance}"),
+    ]
+    for i, c in enumerate(selection.candidates):
+        fidelity = ("not measured" if c.min_cosine is None else
+                    f"min {c.min_cosine:.4f} mean {c.mean_cosine or 0.0:.5f} inv {c.invariance or 0.0:.7f}")
+        speed = ", ".join(f"{bucket} {rate:.0f}/s" for bucket, rate in c.texts_per_s.items())
+        ratio = "" if c.speedup is None else f" ({c.speedup:.2f}x)"
+        verdict = "passed" if c.passed else f"failed: {c.reason}"
+        rows.append(("candidates" if i == 0 else "",
+                     f"{c.name}: {verdict}; {fidelity}; {speed or 'speed not measured'}{ratio}"))
     return rows
 
 

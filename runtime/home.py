@@ -6,7 +6,8 @@ The home is ``$EMBEDRT_HOME`` if set, else the platform's per-user data director
 Windows). An artefact lives at ``<home>/models/<model-name>/<variant>/``.
 
 The default model is ``$EMBEDRT_MODEL`` if set, else the catalogue's default model in the
-home, its first exported variant of :data:`DEFAULT_VARIANTS`.
+home, its first exported variant of :data:`DEFAULT_VARIANTS`: ``auto`` (the artefact
+``embedrt export --variant auto`` chose by measuring on this machine), else ``int8``, else ``fp32``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from .manifest import MANIFEST_FILE
 
 HOME_ENV = "EMBEDRT_HOME"
 MODEL_ENV = "EMBEDRT_MODEL"
-# The variants a command uses by default, best first: int8 when it was exported.
-DEFAULT_VARIANTS = ("int8", "fp32")
+# The artefact ``embedrt export --variant auto`` writes: the candidate measured fastest here.
+AUTO_VARIANT = "auto"
+# The variants a command uses by default, best first: the one measured fastest here (``auto``,
+# which passed the int8 fidelity gate), else int8 when it was exported.
+DEFAULT_VARIANTS = (AUTO_VARIANT, "int8", "fp32")
 
 
 class NoModelError(ArtefactNotFoundError):
@@ -63,11 +67,11 @@ def default_model_name() -> str:
 def default_model_dir() -> Path:
     """The artefact a command uses when none is given.
 
-    ``$EMBEDRT_MODEL`` if set, else ``<home>/models/<default model>/int8`` if exported, else
-    ``.../fp32``.
+    ``$EMBEDRT_MODEL`` if set, else the first of ``<home>/models/<default model>/auto``,
+    ``.../int8`` and ``.../fp32`` that is exported.
 
     Raises:
-        NoModelError: neither is exported (the message names where it looked and the fixes).
+        NoModelError: none is exported (the message names where it looked and the fixes).
     """
     configured = os.environ.get(MODEL_ENV)
     if configured:
@@ -79,8 +83,9 @@ def default_model_dir() -> Path:
             return candidate
     raise NoModelError(
         f"no model given and none exported in {models_dir() / name} (looked for "
-        f"{' and '.join(DEFAULT_VARIANTS)}). Run 'embedrt export' (add '--variant int8' for the "
-        f"faster int8 model) to export {name} there, pass --model DIR, or set {MODEL_ENV}=DIR "
+        f"{', '.join(DEFAULT_VARIANTS[:-1])} and {DEFAULT_VARIANTS[-1]}). Run 'embedrt export' "
+        f"(add '--variant auto' for the fastest artefact that keeps int8 fidelity on this CPU) to "
+        f"export {name} there, pass --model DIR, or set {MODEL_ENV}=DIR "
         f"(the home is ${HOME_ENV}, else {_platform_home_hint()})"
     )
 

@@ -321,6 +321,132 @@ class DenseStage:
         return stage
 
 
+@dataclass(frozen=True)
+class CandidateRecord:
+    """One artefact ``embedrt export --variant auto`` built and measured on the exporting machine.
+
+    Attributes:
+        name: the candidate's label (``int8``, ``int8/avx2`` for another CPU target's recipe).
+        variant: the export variant it was built as.
+        target_isa: the CPU target of a quantised recipe; None for float variants.
+        backend: the engine that ran it (``embedrt.runtime.backends``).
+        passed: it met the fidelity gate (and was built and measured).
+        reason: why it did not pass; empty when it passed.
+        min_cosine / mean_cosine: per-text cosine to the torch reference on held-out texts
+            (None when it could not be built).
+        invariance: min cosine between a text embedded alone and inside mixed batches.
+        texts_per_s: throughput at the selection's batch size, by length bucket.
+        speedup: geometric mean over the buckets of its throughput / fp32's.
+    """
+
+    name: str
+    variant: str
+    target_isa: str | None
+    backend: str
+    passed: bool
+    reason: str
+    min_cosine: float | None = None
+    mean_cosine: float | None = None
+    invariance: float | None = None
+    texts_per_s: Mapping[str, float] = field(default_factory=dict)
+    speedup: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: object, where: str) -> CandidateRecord:
+        """Validate ``data`` (``where`` names it in errors).
+
+        Raises:
+            ArtefactError: a missing field or a field of the wrong type.
+        """
+        d = _object(data, where)
+        speeds = _object(d.get("texts_per_s", {}), _at(where, "texts_per_s"))
+        return cls(
+            name=_str(d, "name", where),
+            variant=_str(d, "variant", where),
+            target_isa=_optional(d, "target_isa", where, _str),
+            backend=_str(d, "backend", where),
+            passed=_bool(d, "passed", where),
+            reason=_str(d, "reason", where, default=""),
+            min_cosine=_optional(d, "min_cosine", where, _float),
+            mean_cosine=_optional(d, "mean_cosine", where, _float),
+            invariance=_optional(d, "invariance", where, _float),
+            texts_per_s={k: _float(speeds, k, _at(where, "texts_per_s")) for k in speeds},
+            speedup=_optional(d, "speedup", where, _float),
+        )
+
+
+@dataclass(frozen=True)
+class SelectionRecord:
+    """Why this artefact was chosen: ``embedrt export --variant auto``'s measurements.
+
+    Attributes:
+        chosen: the name of the candidate written as this artefact.
+        reason: the choice in words (the command's one line).
+        cpu_model: the exporting machine's CPU model name.
+        cpu_flags: the instruction-set flags that decide the kernels, those this CPU has.
+        isa: the int8 target detected for this CPU (``embedrt.export.quantize.detect_isa``).
+        threads / batch_size / repeats: how speed was measured (median of ``repeats``).
+        gate_min_cosine / gate_mean_cosine / gate_invariance: the fidelity gate.
+        fidelity_texts: how many held-out texts the cosines are over.
+        bucket_texts: texts per length bucket in the speed measurement.
+        seconds: wall time of the whole selection.
+        candidates: every candidate, in the order built, with its figures.
+    """
+
+    chosen: str
+    reason: str
+    cpu_model: str
+    cpu_flags: tuple[str, ...]
+    isa: str
+    threads: int
+    batch_size: int
+    repeats: int
+    gate_min_cosine: float
+    gate_mean_cosine: float
+    gate_invariance: float
+    fidelity_texts: int
+    bucket_texts: Mapping[str, int]
+    seconds: float
+    candidates: tuple[CandidateRecord, ...]
+
+    @classmethod
+    def from_dict(cls, data: object, where: str) -> SelectionRecord:
+        """Validate ``data`` (``where`` names it in errors).
+
+        Raises:
+            ArtefactError: a missing or mistyped field, or ``chosen`` naming no candidate.
+        """
+        d = _object(data, where)
+        buckets = _object(d.get("bucket_texts", {}), _at(where, "bucket_texts"))
+        record = cls(
+            chosen=_str(d, "chosen", where),
+            reason=_str(d, "reason", where),
+            cpu_model=_str(d, "cpu_model", where),
+            cpu_flags=_strings(d, "cpu_flags", where),
+            isa=_str(d, "isa", where),
+            threads=_int(d, "threads", where),
+            batch_size=_int(d, "batch_size", where),
+            repeats=_int(d, "repeats", where),
+            gate_min_cosine=_float(d, "gate_min_cosine", where),
+            gate_mean_cosine=_float(d, "gate_mean_cosine", where),
+            gate_invariance=_float(d, "gate_invariance", where),
+            fidelity_texts=_int(d, "fidelity_texts", where),
+            bucket_texts={k: _int(buckets, k, _at(where, "bucket_texts")) for k in buckets},
+            seconds=_float(d, "seconds", where),
+            candidates=tuple(
+                CandidateRecord.from_dict(c, _at(where, f"candidates[{i}]"))
+                for i, c in enumerate(_list(d, "candidates", where))
+            ),
+        )
+        names = [c.name for c in record.candidates]
+        if record.chosen not in names:
+            raise ArtefactError(
+                f"{_at(where, 'chosen')}: {record.chosen!r} is not one of its candidates "
+                f"({', '.join(map(repr, names)) or 'none'}); {_REEXPORT}"
+            )
+        return record
+
+
 def pooling_modes(pooling: str) -> tuple[str, ...]:
     """The modes of a manifest's ``pooling`` (``"cls+mean"`` -> ``("cls", "mean")``), in order.
 
@@ -365,6 +491,8 @@ class Manifest:
         default_prompt_name: the prompt applied when the caller names none; None: no prompt.
         dense: Dense stages applied after pooling, in order (then normalisation); ``dim`` is
             the last one's ``out_features``.
+        selection: set when ``embedrt export --variant auto`` chose this artefact among
+            candidates measured on the exporting machine (absent from other manifests).
     """
 
     model_name: str
@@ -385,11 +513,15 @@ class Manifest:
     prompts: Mapping[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     dense: tuple[DenseStage, ...] = ()
+    selection: SelectionRecord | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, JSONValue]:
-        """The manifest as plain JSON-ready data."""
-        return _jsonable(self)
+        """The manifest as plain JSON-ready data (no ``selection`` key when there is none)."""
+        data = _jsonable(self)
+        if self.selection is None:
+            del data["selection"]
+        return data
 
     def save(self, directory: Path) -> Path:
         """Write ``manifest.json`` into ``directory`` and return its path."""
@@ -427,6 +559,7 @@ class Manifest:
         files = _object(d.get("files"), _at(origin, "files"), required=True)
         versions = _object(d.get("versions", {}), _at(origin, "versions"))
         parity = d.get("parity")
+        selection = d.get("selection")
         manifest = cls(
             model_name=_str(d, "model_name", origin),
             source=SourceRecord.from_dict(_required(d, "source", origin), _at(origin, "source")),
@@ -447,6 +580,10 @@ class Manifest:
             dense=tuple(
                 DenseStage.from_dict(stage, _at(origin, f"dense[{i}]"))
                 for i, stage in enumerate(_list(d, "dense", origin))
+            ),
+            selection=(
+                None if selection is None
+                else SelectionRecord.from_dict(selection, _at(origin, "selection"))
             ),
         )
         _check_values(manifest, origin)
@@ -571,6 +708,12 @@ def _strings(
         missing,
     )
     return tuple(value)
+
+
+def _optional(
+    d: Mapping[str, object], name: str, where: str, read: Callable[[Mapping[str, object], str, str], Any]
+) -> Any:  # what ``read`` returns, or None when the field is absent or null
+    return None if d.get(name) is None else read(d, name, where)
 
 
 def _list(d: Mapping[str, object], name: str, where: str) -> list[JSONValue]:
