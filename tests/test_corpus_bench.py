@@ -1,4 +1,4 @@
-"""bench/corpus_job.py runs and writes its report (a tiny size: no figures are checked)."""
+"""bench/studies/corpus_job.py runs and writes its report (a tiny size: no figures are checked)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ pytest.importorskip("pyarrow", reason="the corpus job writes Parquet: the [corpu
 
 
 def test_the_corpus_benchmark_runs_and_reports(tiny_bert: Path, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "embedrt.bench.corpus_job", "--out", str(tmp_path),
+    command = [sys.executable, "-m", "embedrt.bench.studies.corpus_job", "--out", str(tmp_path),
                "--model", str(tiny_bert), "--rows", "300", "--long-rows", "30",
                "--repeats", "1", "--threads", "2", "--processes", "2"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)

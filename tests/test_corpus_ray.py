@@ -295,7 +295,7 @@ def test_cli_runs_the_ray_engine_and_maps_its_errors(ray_address, tiny_bert, tin
 
 
 def test_the_ray_benchmark_runs_and_reports(tiny_bert, tmp_path) -> None:
-    from embedrt.bench import corpus_ray
+    from embedrt.bench.studies import corpus_ray
 
     corpus_ray.main(["--out", str(tmp_path), "--model", str(tiny_bert), "--rows", "120", "--long-rows", "12",
                      "--rows-per-shard", "40", "--threads", "2", "--layouts", "2x1", "--repeats", "1"])

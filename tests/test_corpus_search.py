@@ -435,7 +435,7 @@ def test_search_recall_benchmark_runs_and_reports(
 ) -> None:
     import json as json_package
 
-    from embedrt.bench import search_recall
+    from embedrt.bench.studies import search_recall
 
     # a small slice of the standard library keeps the test fast; the script reads all of it
     small = search_recall.docstring_sentences(Path(json_package.__file__).parent)

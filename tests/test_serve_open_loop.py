@@ -1,4 +1,4 @@
-"""Open-loop serving load (`python -m embedrt.bench.serve_load --open-loop`).
+"""Open-loop serving load (`python -m embedrt.bench.studies.serve_load --open-loop`).
 
 The schedule and the latency arithmetic are checked exactly; the generator is checked against a
 deliberately slow in-test HTTP server (one request at a time), where latency measured from the
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from embedrt.bench.serve_open_loop import (
+from embedrt.bench.studies.serve_open_loop import (
     OpenLoopResult,
     Outcome,
     poisson_schedule,
@@ -104,7 +104,7 @@ def test_a_burst_queues_and_the_queueing_is_measured() -> None:
     reason="the real server run needs the [serve] extra",
 )
 def test_short_real_run_writes_the_report(tiny_bert: Path, tmp_path: Path) -> None:
-    from embedrt.bench import serve_load
+    from embedrt.bench.studies import serve_load
 
     serve_load.main(["--open-loop", "--model", str(tiny_bert), "--threads", "1", "--concurrency", "2",
                      "--capacity-duration", "1", "--open-duration", "1", "--load", "0.3",

@@ -225,7 +225,7 @@ def recipe_for(
         weight_type="s8" if target.dot_product else "u8",
         activation_granularity=_GRANULARITY[scales],
         accuracy_level=None,
-        # Chosen on the calibration and validation sentences (not STS-B): bench/int8_recipes.py.
+        # Chosen on the calibration and validation sentences (not STS-B): bench/studies/int8_recipes.py.
         smoothing_alpha=0.75,
         context_smoothing_alpha=0.3,
         static_range_margin=1.25,

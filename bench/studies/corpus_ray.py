@@ -1,6 +1,6 @@
 """The corpus job on a local Ray (``--engine ray``) against the local engine, same corpus and CPUs.
 
-Builds the short and long JSONL corpora of :mod:`embedrt.bench.corpus_job` (STS-B dev
+Builds the short and long JSONL corpora of :mod:`embedrt.bench.studies.corpus_job` (STS-B dev
 sentences), then runs, each in a fresh process and with the same CPU budget:
 
 - ``local``: ``embed_corpus`` in this process (the local engine, ``threads`` threads);
@@ -15,7 +15,7 @@ overhead of Ray is the difference in wall time, and the steady-rate ratio says w
 of it on a corpus long enough to hide the start-up. Repeats run the systems in turn; ratios
 are taken within a repeat. Usage (the figures only mean something on a quiet machine)::
 
-    python -m embedrt.bench.corpus_ray --out bench/results/corpus-ray [--model DIR]
+    python -m embedrt.bench.studies.corpus_ray --out bench/results/corpus-ray [--model DIR]
         [--rows 200000] [--long-rows 20000] [--threads 2] [--layouts 2x1,1x2] [--repeats 3]
 
 ``--rows 2000 --long-rows 200 --rows-per-shard 500 --repeats 1`` checks that it runs.
@@ -35,18 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from embedrt.bench.context import run_context
-from embedrt.bench.corpus_job import BATCH_SIZE, build_corpora
+from embedrt.bench.machine import peak_rss_mib
+from embedrt.bench.studies.corpus_job import BATCH_SIZE, build_corpora
 from embedrt.bench.workloads import default_sts
 
 DEFAULT_ROWS_PER_SHARD = 10_000
-
-
-def _peak_rss_mib() -> float | None:
-    try:
-        import resource
-    except ImportError:  # not POSIX
-        return None
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 def child(system: str, corpus: Path, model: Path, threads: int, rows_per_shard: int) -> dict[str, Any]:
@@ -76,13 +69,14 @@ def child(system: str, corpus: Path, model: Path, threads: int, rows_per_shard: 
         "texts_per_second": round(result.embedded / seconds, 1),
         "first_result_seconds": round(first_time - started, 3),
         "steady_texts_per_second": round(steady, 1) if steady else None,
-        "shards": result.shards, "peak_rss_mib": _peak_rss_mib(),
+        "shards": result.shards, "peak_rss_mib": peak_rss_mib(),
     }
 
 
 def _run(system: str, corpus: Path, model: Path, threads: int, rows_per_shard: int) -> dict[str, Any]:
-    command = [sys.executable, "-m", "embedrt.bench.corpus_ray", "--child", system, "--corpus", str(corpus),
-               "--model", str(model), "--threads", str(threads), "--rows-per-shard", str(rows_per_shard)]
+    command = [sys.executable, "-m", "embedrt.bench.studies.corpus_ray", "--child", system,
+               "--corpus", str(corpus), "--model", str(model), "--threads", str(threads),
+               "--rows-per-shard", str(rows_per_shard)]
     done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"benchmark child {command} failed with status {done.returncode}")

@@ -1,6 +1,6 @@
 """Measure every int8 recipe tried for all-MiniLM-L6-v2 in one run.
 
-    python -m embedrt.bench.int8_recipes --out DIR [--fp32 <fp32 artefact directory>] [--quick]
+    python -m embedrt.bench.studies.int8_recipes --out DIR [--fp32 <fp32 artefact directory>] [--quick]
 
 Per recipe: cosine to sentence-transformers torch fp32 on the STS-B dev sentences (min/mean),
 STS-B dev Spearman x100, batch invariance (a sentence alone vs inside mixed-length batches of
@@ -98,7 +98,7 @@ def _write_artefact(
 ) -> None:
     shutil.copyfile(fp32 / TOKENIZER_FILE, target / TOKENIZER_FILE)
     recipe = ArtefactRecipe(
-        method="embedrt.bench.int8_recipes", requires_cpu_flags=(), quantisation=record
+        method="embedrt.bench.studies.int8_recipes", requires_cpu_flags=(), quantisation=record
     )  # no CPU-flag warning: the non-VNNI forms are measured here on purpose
     files = {name: sha256_file(target / name) for name in (MODEL_FILE, TOKENIZER_FILE)}
     dataclasses.replace(manifest, variant=variant, recipe=recipe, files=files, parity=None).save(target)

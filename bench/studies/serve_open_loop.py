@@ -11,7 +11,7 @@ omission), and Little's law fixes the mean wait at N / throughput. Here, instead
    send time, so a generator or server that falls behind is charged for it.
 
 Reported per load: p50/p95/p99 latency, errors, offered vs achieved throughput, and p99 as a
-multiple of the offline batch-1 p50. Run through ``python -m embedrt.bench.serve_load --open-loop``.
+multiple of the offline batch-1 p50. Run through ``python -m embedrt.bench.studies.serve_load --open-loop``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Load run for `embedrt serve` on loopback, with the offline figures it is judged against.
 
-    python -m embedrt.bench.serve_load --model models/all-MiniLM-L6-v2/fp32 --out bench/results/serve
+    python -m embedrt.bench.studies.serve_load --model models/all-MiniLM-L6-v2/fp32 --out bench/results/serve
 
 1. Offline, in this process before the server starts: batch-32 throughput and batch-1
    latency of the same artefact on the same short sentences.
@@ -11,7 +11,7 @@
 With ``--open-loop`` it measures instead the server's capacity and then Poisson arrivals at
 50 % and 80 % of it (see :mod:`.serve_open_loop`), writing serve_open_loop.json and .md:
 
-    python -m embedrt.bench.serve_load --open-loop --model DIR --threads 2 --out bench/results/serve
+    python -m embedrt.bench.studies.serve_load --open-loop --model DIR --threads 2 --out bench/results/serve
 
 The client is raw asyncio HTTP/1.1 (no JSON parsing of responses) so that, on a small
 machine, the load generator takes as little CPU from the server as it can.
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
-    results = {"model": str(args.model), "command": " ".join(["python -m embedrt.bench.serve_load",
+    results = {"model": str(args.model), "command": " ".join(["python -m embedrt.bench.studies.serve_load",
                *(argv if argv is not None else sys.argv[1:])]), "cpu": _cpu_name(),
                "python": platform.python_version(), "offline": offline, "phases": phases,
                "verdicts": verdicts(offline, phases, args.concurrency), "concurrency": args.concurrency,
@@ -388,7 +388,7 @@ def open_loop_main(args: argparse.Namespace, offline: dict[str, float], argv: li
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
-    results = {"model": str(args.model), "command": " ".join(["python -m embedrt.bench.serve_load",
+    results = {"model": str(args.model), "command": " ".join(["python -m embedrt.bench.studies.serve_load",
                *(argv if argv is not None else sys.argv[1:])]), "cpu": _cpu_name(),
                "python": platform.python_version(), "offline": offline, **measured,
                "verdicts": open_loop_verdicts(measured["phases"]), "loadavg_end": os.getloadavg()[0]}

@@ -1,4 +1,4 @@
-"""The corpus job against offline ``Embedder.embed`` on the same texts (issue 12's target: >= 90 %).
+"""The corpus job against offline ``Embedder.embed`` on the same texts (target: >= 90 %).
 
 Builds two JSONL corpora from the shipped STS-B dev sentences (short: the sentences, cycled;
 long: consecutive sentences joined to 160-340 tokens), then measures, each in a fresh process
@@ -15,7 +15,7 @@ so peak RSS is its own, with the same thread budget:
 Repeats run the systems in turn; the report gives medians and the job/offline ratio of each
 repeat. Usage (the figures only mean something on a quiet machine)::
 
-    python -m embedrt.bench.corpus_job --out bench/results/corpus-job [--model DIR] [--rows 200000]
+    python -m embedrt.bench.studies.corpus_job --out bench/results/corpus-job [--model DIR] [--rows 200000]
         [--long-rows 20000] [--threads 2] [--processes 2] [--repeats 3]
 
 ``--rows 2000 --long-rows 200 --repeats 1`` checks that it runs; ``--processes 1`` leaves the
@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from embedrt.bench.context import run_context
+from embedrt.bench.machine import peak_rss_mib
 from embedrt.bench.workloads import LONG_TOKENS, default_sts, join_to_targets, read_sts
 
 BATCH_SIZE = 32
@@ -66,14 +67,6 @@ def build_corpora(model: Path, sts: Path, rows: int, long_rows: int, directory: 
     return paths
 
 
-def _peak_rss_mib() -> float | None:
-    try:
-        import resource
-    except ImportError:  # not POSIX
-        return None
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
-
-
 def child(system: str, corpus: Path, model: Path, threads: int, part: int, parts: int) -> dict[str, Any]:
     """Run one system in this process; the result as JSON-ready data.
 
@@ -87,7 +80,7 @@ def child(system: str, corpus: Path, model: Path, threads: int, part: int, parts
             started = time.perf_counter()
             result = embed_corpus([corpus], out, model, options)
             seconds = time.perf_counter() - started
-        return {"texts": result.embedded, "seconds": seconds, "peak_rss_mib": _peak_rss_mib()}
+        return {"texts": result.embedded, "seconds": seconds, "peak_rss_mib": peak_rss_mib()}
     from embedrt.runtime import Embedder
 
     lines = corpus.read_text(encoding="utf-8").splitlines()
@@ -100,12 +93,13 @@ def child(system: str, corpus: Path, model: Path, threads: int, part: int, parts
     embedder.embed(texts, batch_size=BATCH_SIZE)
     seconds = time.perf_counter() - started
     return {"texts": len(texts), "seconds": seconds, "load_seconds": load, "start": start_wall,
-            "end": start_wall + seconds, "peak_rss_mib": _peak_rss_mib()}
+            "end": start_wall + seconds, "peak_rss_mib": peak_rss_mib()}
 
 
 def _spawn(system: str, corpus: Path, model: Path, threads: int, part: int = 0, parts: int = 1) -> Any:
-    command = [sys.executable, "-m", "embedrt.bench.corpus_job", "--child", system, "--corpus", str(corpus),
-               "--model", str(model), "--threads", str(threads), "--part", f"{part}/{parts}"]
+    command = [sys.executable, "-m", "embedrt.bench.studies.corpus_job", "--child", system,
+               "--corpus", str(corpus), "--model", str(model), "--threads", str(threads),
+               "--part", f"{part}/{parts}"]
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 
 

@@ -1,7 +1,7 @@
 """Recall@10 of int8 and ubinary corpus search against float32 exact search; exact-search time.
 
-    python bench/search_recall.py --out DIR [--model ARTEFACT] [--corpus-size N] [--queries 200]
-        [--multipliers 2,4,10] [--timing-rows 1000000] [--repeats 5] [--threads N]
+    python -m embedrt.bench.studies.search_recall --out DIR [--model ARTEFACT] [--corpus-size N]
+        [--queries 200] [--multipliers 2,4,10] [--timing-rows 1000000] [--repeats 5] [--threads N]
 
 The corpus is public text available offline, in a fixed order: the STS-B dev sentences shipped
 in ``bench/data/stsb-dev/dev.tsv`` (CC-BY-SA 4.0) and sentences split from the docstrings of this
