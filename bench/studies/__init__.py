@@ -10,5 +10,6 @@ They measure with the bench's own parts (``embedrt.bench.speed``, ``quality``, `
 * :mod:`.corpus_job`: the corpus job against offline ``Embedder.embed`` on the same texts.
 * :mod:`.corpus_ray`: the corpus job on a local Ray against the local engine.
 * :mod:`.serve_load`: ``embedrt serve`` under closed-loop load (and, with ``--open-loop``,
-  :mod:`.serve_open_loop`: Poisson arrivals at fractions of its capacity).
+  :mod:`.serve_open_loop`: Poisson arrivals at fractions of its capacity); the raw HTTP
+  client, the texts and the server start both use are in :mod:`.serve_client`.
 """

@@ -13,9 +13,8 @@ With ``--open-loop`` it measures instead the server's capacity and then Poisson 
 
     python -m embedrt.bench.studies.serve_load --open-loop --model DIR --threads 2 --out bench/results/serve
 
-The client is raw asyncio HTTP/1.1 (no JSON parsing of responses) so that, on a small
-machine, the load generator takes as little CPU from the server as it can.
-Writes serve_load.json and serve_load.md to --out.
+The client and the texts are :mod:`.serve_client`'s. Writes serve_load.json and serve_load.md
+to --out.
 """
 
 from __future__ import annotations
@@ -28,33 +27,27 @@ import os
 import platform
 import random
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from embedrt.bench.machine import cpu_name, cpu_seconds, rss_bytes
+from embedrt.bench.studies.serve_client import (
+    command_line,
+    request_bytes,
+    run_phase,
+    short_sentences,
+    start_server,
+)
+from embedrt.bench.studies.serve_open_loop import open_loop_main
 from embedrt.runtime import Embedder
 
 logger = logging.getLogger(__name__)
 
-SUBJECTS = ["A man", "The woman", "A child", "Two dogs", "The bank", "A small cat", "The committee",
-            "My friend"]
-VERBS = ["is playing", "approved", "walked past", "was reading about", "quickly sold", "slept near"]
-OBJECTS = ["a guitar.", "the loan.", "the river bank.", "an old book on physics.", "the red car.",
-           "a quiet house by the sea."]
 GENERATOR = "python asyncio, raw HTTP/1.1 keep-alive"
 TARGETS = {"throughput_ratio_min": 0.70, "p99_over_batch1_max": 20.0, "rss_growth_max": 0.10}
-
-
-def short_sentences(count: int, seed: int = 0) -> list[str]:
-    """Short STS-like sentences (8-14 tokens)."""
-    rng = random.Random(seed)
-    return [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}" for _ in range(count)]
 
 
 def varied_text(rng: random.Random) -> str:
@@ -87,111 +80,6 @@ def offline_figures(model: Path, threads: int | None, texts: list[str]) -> dict[
             "batch1_p50_ms": 1000 * statistics.median(latencies), "threads": embedder.threads}
 
 
-@dataclass
-class PhaseResult:
-    """What one load phase measured."""
-
-    requests: int = 0
-    texts: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    latencies: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def summary(self) -> dict[str, Any]:
-        """Throughput and latency percentiles (ms)."""
-        lat = np.array(self.latencies) * 1000 if self.latencies else np.zeros(1)
-        return {"requests": self.requests, "texts": self.texts, "seconds": round(self.seconds, 2),
-                "requests_per_s": self.requests / self.seconds, "texts_per_s": self.texts / self.seconds,
-                "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
-                "p99_ms": float(np.percentile(lat, 99)), "errors": self.errors}
-
-
-def _request_bytes(path: str, payload: dict[str, Any]) -> bytes:
-    body = json.dumps(payload).encode()
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
-    return head + body
-
-
-async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
-    """Send one request on a keep-alive connection and read the whole answer; its HTTP status."""
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
-    await reader.readexactly(length)
-    return status
-
-
-async def run_phase(port: int, clients: int, make: Any, seconds: float | None = None,
-                    total: int | None = None) -> PhaseResult:
-    """Closed-loop clients, each on one keep-alive connection, until time or count runs out.
-
-    ``make(rng)`` returns (request bytes, number of texts).
-    """
-    result = PhaseResult()
-    stop_at = time.perf_counter() + seconds if seconds else float("inf")
-    issued = 0
-
-    async def client(index: int) -> None:
-        nonlocal issued
-        rng = random.Random(index)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        while time.perf_counter() < stop_at and (total is None or issued < total):
-            issued += 1
-            request, texts = make(rng)
-            started = time.perf_counter()
-            status = await exchange(reader, writer, request)
-            if status == 200:
-                result.latencies.append(time.perf_counter() - started)
-                result.requests += 1
-                result.texts += texts
-            else:
-                result.errors[str(status)] = result.errors.get(str(status), 0) + 1
-        writer.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client(i) for i in range(clients)))
-    result.seconds = time.perf_counter() - started
-    return result
-
-
-def start_server(model: Path, threads: int | None, extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:
-    """Start `embedrt serve` on a free port and wait for /health. Raises RuntimeError if it dies."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    command = [sys.executable, "-m", "embedrt.cli", "serve", "--model", str(model),
-               "--port", str(port), "--log-level", "warning", *extra]
-    if threads:
-        command += ["--threads", str(threads)]
-    process = subprocess.Popen(command)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                if sock.recv(64).startswith(b"HTTP/1.1 200"):
-                    return process, port
-        except OSError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("server did not become ready in 120 s")
-
-
-def cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU time of a process, all its threads (this process when ``pid`` is None)."""
-    if pid is None:
-        times = os.times()
-        return times.user + times.system
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measured_phase(port: int, pid: int, clients: int, make: Any, **bounds: Any) -> dict[str, Any]:
     """One phase's summary plus the CPU the generator (this process) and the server used.
 
@@ -206,28 +94,20 @@ def measured_phase(port: int, pid: int, clients: int, make: Any, **bounds: Any) 
     return summary
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident set size of a process (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
 def load_phases(port: int, pid: int, args: argparse.Namespace) -> dict[str, Any]:
     """Every phase against the running server; returns their summaries and RSS figures."""
-    singles = [_request_bytes("/v1/embeddings", {"input": t}) for t in short_sentences(500, seed=1)]
+    singles = [request_bytes("/v1/embeddings", {"input": t}) for t in short_sentences(500, seed=1)]
 
     def single(rng: random.Random) -> tuple[bytes, int]:
         return rng.choice(singles), 1
 
     def mixed_list(rng: random.Random) -> tuple[bytes, int]:
         texts = [varied_text(rng) for _ in range(rng.randint(1, 16))]
-        return _request_bytes("/v1/embeddings", {"input": texts}), len(texts)
+        return request_bytes("/v1/embeddings", {"input": texts}), len(texts)
 
     def soak(rng: random.Random) -> tuple[bytes, int]:
         texts = [varied_text(rng) for _ in range(rng.randint(1, 4))]
-        return _request_bytes("/embed", {"inputs": texts}), len(texts)
+        return request_bytes("/embed", {"inputs": texts}), len(texts)
 
     phases: dict[str, Any] = {}
     asyncio.run(run_phase(port, args.concurrency, single, seconds=3))  # warm-up
@@ -337,8 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
-    results = {"model": str(args.model), "command": " ".join(["python -m embedrt.bench.studies.serve_load",
-               *(argv if argv is not None else sys.argv[1:])]), "cpu": _cpu_name(),
+    results = {"model": str(args.model), "command": command_line(argv), "cpu": cpu_name(),
                "python": platform.python_version(), "offline": offline, "phases": phases,
                "verdicts": verdicts(offline, phases, args.concurrency), "concurrency": args.concurrency,
                "loadavg": [load_start, os.getloadavg()[0]], "generator": GENERATOR}
@@ -346,64 +225,6 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "serve_load.json").write_text(json.dumps(results, indent=2))
     (args.out / "serve_load.md").write_text(markdown(results))
     sys.stdout.write(markdown(results))
-
-
-def open_loop_phases(port: int, args: argparse.Namespace, batch1_p50_ms: float) -> dict[str, Any]:
-    """Capacity (closed loop, single short sentences), then one open-loop phase per load."""
-    from .serve_open_loop import LOADS, poisson_schedule, run_open_loop
-
-    singles = [_request_bytes("/v1/embeddings", {"input": t}) for t in short_sentences(500, seed=1)]
-
-    def single(rng: random.Random) -> tuple[bytes, int]:
-        return rng.choice(singles), 1
-
-    asyncio.run(run_phase(port, args.concurrency, single, seconds=min(3.0, args.capacity_duration)))
-    closed = asyncio.run(run_phase(port, args.concurrency, single, seconds=args.capacity_duration))
-    capacity = closed.summary()
-    capacity["clients"] = args.concurrency
-    logger.info("capacity: %.0f requests/s", capacity["requests_per_s"])
-    base = capacity["requests_per_s"]
-    if args.capacity is not None:
-        base = capacity["offered_fractions_of"] = args.capacity
-        logger.info("loads are fractions of the given %.0f requests/s", base)
-    phases: dict[str, Any] = {}
-    for index, load in enumerate(args.load or LOADS):
-        rate = load * base
-        schedule = poisson_schedule(rate, args.open_duration, seed=index)
-        logger.info("open loop at %.0f %% of capacity: %d requests over %.0f s", 100 * load, len(schedule),
-                    args.open_duration)
-        result = asyncio.run(run_open_loop(port, singles, schedule, args.open_duration))
-        phases[f"load_{round(100 * load)}"] = {"load": load, **result.summary(batch1_p50_ms)}
-    return {"capacity": capacity, "phases": phases}
-
-
-def open_loop_main(args: argparse.Namespace, offline: dict[str, float], argv: list[str] | None) -> None:
-    """The ``--open-loop`` run: server, capacity, loads; writes serve_open_loop.json and .md."""
-    from .serve_open_loop import markdown as open_loop_markdown
-    from .serve_open_loop import verdicts as open_loop_verdicts
-
-    process, port = start_server(args.model, args.threads, args.server_arg)
-    try:
-        measured = open_loop_phases(port, args, offline["batch1_p50_ms"])
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
-    results = {"model": str(args.model), "command": " ".join(["python -m embedrt.bench.studies.serve_load",
-               *(argv if argv is not None else sys.argv[1:])]), "cpu": _cpu_name(),
-               "python": platform.python_version(), "offline": offline, **measured,
-               "verdicts": open_loop_verdicts(measured["phases"]), "loadavg_end": os.getloadavg()[0]}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serve_open_loop.json").write_text(json.dumps(results, indent=2))
-    (args.out / "serve_open_loop.md").write_text(open_loop_markdown(results))
-    sys.stdout.write(open_loop_markdown(results))
-
-
-def _cpu_name() -> str:
-    with open("/proc/cpuinfo") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -16,18 +16,34 @@ multiple of the offline batch-1 p50. Run through ``python -m embedrt.bench.studi
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import logging
+import os
+import platform
+import random
+import signal
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from embedrt.bench.machine import cpu_name
+from embedrt.bench.studies.serve_client import (
+    command_line,
+    exchange,
+    request_bytes,
+    run_phase,
+    short_sentences,
+    start_server,
+)
 
 logger = logging.getLogger(__name__)
 
 LOADS = (0.5, 0.8)
-# Issue 13's targets: p99 within these multiples of offline batch-1 p50 at each load, no
+# The targets: p99 within these multiples of offline batch-1 p50 at each load, no
 # errors, and the server keeping up with what is offered.
 P99_OVER_BATCH1_MAX = {0.5: 10.0, 0.8: 25.0}
 ACHIEVED_OVER_OFFERED_MIN = 0.98
@@ -152,8 +168,6 @@ async def run_open_loop(port: int, requests: Sequence[bytes], schedule: Sequence
 
     A request whose connection fails or times out is an error (status 0), never dropped.
     """
-    from .serve_load import exchange
-
     loop = asyncio.get_running_loop()
     pool = _Connections(port)
     result = OpenLoopResult(duration=duration, scheduled=len(schedule))
@@ -191,7 +205,7 @@ async def run_open_loop(port: int, requests: Sequence[bytes], schedule: Sequence
 
 
 def verdicts(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Issue 13's open-loop targets, each with its figure and whether it is met."""
+    """The open-loop targets, each with its figure and whether it is met."""
     results: dict[str, Any] = {}
     for name, phase in phases.items():
         load = phase["load"]
@@ -236,3 +250,47 @@ def markdown(results: dict[str, Any]) -> str:
         shown = "–" if value is None else f"{value:.3f}"
         lines.append(f"| {name} | {shown} | {verdict['target']} | {'yes' if verdict['met'] else 'NO'} |")
     return "\n".join(lines) + "\n"
+
+
+def open_loop_phases(port: int, args: argparse.Namespace, batch1_p50_ms: float) -> dict[str, Any]:
+    """Capacity (closed loop, single short sentences), then one open-loop phase per load."""
+    singles = [request_bytes("/v1/embeddings", {"input": t}) for t in short_sentences(500, seed=1)]
+
+    def single(rng: random.Random) -> tuple[bytes, int]:
+        return rng.choice(singles), 1
+
+    asyncio.run(run_phase(port, args.concurrency, single, seconds=min(3.0, args.capacity_duration)))
+    closed = asyncio.run(run_phase(port, args.concurrency, single, seconds=args.capacity_duration))
+    capacity = closed.summary()
+    capacity["clients"] = args.concurrency
+    logger.info("capacity: %.0f requests/s", capacity["requests_per_s"])
+    base = capacity["requests_per_s"]
+    if args.capacity is not None:
+        base = capacity["offered_fractions_of"] = args.capacity
+        logger.info("loads are fractions of the given %.0f requests/s", base)
+    phases: dict[str, Any] = {}
+    for index, load in enumerate(args.load or LOADS):
+        rate = load * base
+        schedule = poisson_schedule(rate, args.open_duration, seed=index)
+        logger.info("open loop at %.0f %% of capacity: %d requests over %.0f s", 100 * load, len(schedule),
+                    args.open_duration)
+        result = asyncio.run(run_open_loop(port, singles, schedule, args.open_duration))
+        phases[f"load_{round(100 * load)}"] = {"load": load, **result.summary(batch1_p50_ms)}
+    return {"capacity": capacity, "phases": phases}
+
+
+def open_loop_main(args: argparse.Namespace, offline: dict[str, float], argv: list[str] | None) -> None:
+    """The ``--open-loop`` run: server, capacity, loads; writes serve_open_loop.json and .md."""
+    process, port = start_server(args.model, args.threads, args.server_arg)
+    try:
+        measured = open_loop_phases(port, args, offline["batch1_p50_ms"])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    results = {"model": str(args.model), "command": command_line(argv), "cpu": cpu_name(),
+               "python": platform.python_version(), "offline": offline, **measured,
+               "verdicts": verdicts(measured["phases"]), "loadavg_end": os.getloadavg()[0]}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve_open_loop.json").write_text(json.dumps(results, indent=2))
+    (args.out / "serve_open_loop.md").write_text(markdown(results))
+    sys.stdout.write(markdown(results))
