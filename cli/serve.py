@@ -7,11 +7,13 @@ itself (Starlette, uvicorn) is imported only when the command runs.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from embedrt.runtime.errors import MissingExtraError
+from embedrt.serve.auth import ENV_KEYS, load_api_keys
 from embedrt.serve.config import DEFAULTS, LOG_LEVELS, ServerConfig
 
 from ._common import MODEL_HELP
@@ -52,11 +54,15 @@ def command(
         "GRACEFUL_TIMEOUT", "Seconds to let in-flight requests finish on shutdown.", min=1)]
     = DEFAULTS.graceful_timeout,
     log_level: Annotated[str, _option("LOG_LEVEL", f"{', '.join(LOG_LEVELS)}.")] = DEFAULTS.log_level,
+    api_key_file: Annotated[Path | None, _option(
+        "API_KEY_FILE", "File of API keys, one a line (blank and # lines skipped); every route but "
+        f"/health then requires 'Authorization: Bearer <key>'. {ENV_KEYS} (keys separated by commas) "
+        "adds keys; both sources are accepted together.")] = None,
 ) -> None:
     """Serve embeddings over HTTP (OpenAI-compatible /v1/embeddings, /embed, /similarity, ...).
 
-    Routes: /v1/embeddings, /embed, /similarity, /health, /info, /metrics and /openapi.json.
-    Every option also reads an EMBEDRT_* variable.
+    Routes: /v1/embeddings, /embed, /similarity, /tokenize, /health, /info, /metrics and
+    /openapi.json. Every option also reads an EMBEDRT_* variable.
 
     Example: embedrt serve --port 8080   (the default model: int8 if exported, else fp32)
     """
@@ -65,7 +71,7 @@ def command(
         max_chars=max_chars, max_body_bytes=max_body_bytes, max_batch_tokens=max_batch_tokens,
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
         pad_to_multiple_of=pad_to_multiple_of, graceful_timeout=graceful_timeout,
-        log_level=log_level.lower(),
+        log_level=log_level.lower(), api_keys=load_api_keys(api_key_file, os.environ),
     )
     try:  # fail here, before the model loads, if the extra is missing
         import uvicorn  # noqa: F401

@@ -1,9 +1,11 @@
 """The embedding server: a Starlette app over one :class:`Batcher` (the [serve] extra).
 
 Routes: ``POST /v1/embeddings`` (OpenAI-compatible), ``POST /embed`` (text-embeddings-
-inference-style), ``POST /similarity``, ``GET /health``, ``GET /info``, ``GET /metrics``
-and ``GET /openapi.json``. The model loads in a background thread after the socket opens,
-so ``/health`` answers 503 until it is ready. Inference runs in the batcher's thread;
+inference-style), ``POST /similarity``, ``POST /tokenize`` (text-embeddings-inference-style),
+``GET /health``, ``GET /info``, ``GET /metrics`` and ``GET /openapi.json``. With API keys
+configured, every route but ``/health`` requires one (:mod:`embedrt.serve.auth`). The
+model loads in a background thread after the socket opens, so ``/health`` answers 503
+until it is ready. Inference runs in the batcher's thread;
 the event loop only parses, validates and serialises.
 """
 
@@ -31,10 +33,13 @@ from embedrt.runtime.pooling import FloatArray, cosine_similarity, l2_normalize
 from embedrt.runtime.prompts import apply_prompt, resolve_prompt
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from tokenizers import Encoding
 
+from .auth import ApiKeyMiddleware
 from .batcher import Batcher, BatcherClosedError, QueueFullError
 from .config import ServerConfig
 from .metrics import ServerMetrics
@@ -134,12 +139,16 @@ def create_app(config: ServerConfig) -> tuple[Starlette, ServerState]:
         Route("/v1/embeddings", _endpoint(state, "/v1/embeddings", _openai_embeddings), methods=["POST"]),
         Route("/embed", _endpoint(state, "/embed", _tei_embed), methods=["POST"]),
         Route("/similarity", _endpoint(state, "/similarity", _similarity), methods=["POST"]),
+        Route("/tokenize", _endpoint(state, "/tokenize", _tokenize), methods=["POST"]),
         Route("/health", _endpoint(state, "/health", _health), methods=["GET"]),
         Route("/info", _endpoint(state, "/info", _info), methods=["GET"]),
         Route("/metrics", _endpoint(state, "/metrics", _metrics), methods=["GET"]),
         Route("/openapi.json", _endpoint(state, "/openapi.json", _openapi), methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    middleware = [] if config.api_keys is None else [
+        Middleware(ApiKeyMiddleware, keys=config.api_keys, on_reject=state.metrics.auth_rejected)]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error},
+                    middleware=middleware)
     return app, state
 
 
@@ -331,12 +340,53 @@ async def _similarity(state: ServerState, request: Request) -> Response:
     return JSONResponse([float(s) for s in scores], headers=_report_headers(result))
 
 
+async def _tokenize(state: ServerState, request: Request) -> Response:
+    """text-embeddings-inference's ``/tokenize``: each input's tokens as the model is fed them.
+
+    Truncation (at ``max_seq_length``, or 422 with ``"truncate": false``) and the prompt are
+    the embedding routes', so the ids are the ones ``/embed`` embeds, and ``x-embedrt-tokens``
+    counts the tokens listed (``usage.prompt_tokens`` of ``/v1/embeddings`` by default).
+    ``"add_special_tokens": false`` leaves the special tokens out of the lists.
+    """
+    payload = await _read_json(state, request)
+    texts, _ = texts_field(payload, "inputs", state.config)
+    add_special = optional(payload, "add_special_tokens", bool, True)
+    truncate = optional(payload, "truncate", bool, True)
+    texts = _prompted(state, payload, texts)
+    encodings = await asyncio.to_thread(state.batcher().embedder.tokenize, texts, truncate)
+    tokens = [_token_list(text, encoding, add_special)
+              for text, encoding in zip(texts, encodings, strict=True)]
+    truncated = tuple(i for i, encoding in enumerate(encodings) if encoding.overflowing)
+    return JSONResponse(tokens, headers=_count_headers(sum(map(len, tokens)), truncated))
+
+
+def _token_list(text: str, encoding: Encoding, add_special: bool) -> list[dict[str, Any]]:
+    """One input's tokens, as text-embeddings-inference lists them.
+
+    A special token has its token text and null offsets; another has the characters
+    ``text[start:stop]`` it covers (offsets in code points, not bytes).
+    """
+    tokens: list[dict[str, Any]] = []
+    for token_id, token, special, (start, stop) in zip(
+        encoding.ids, encoding.tokens, encoding.special_tokens_mask, encoding.offsets, strict=True
+    ):
+        if not special:
+            tokens.append({"id": token_id, "text": text[start:stop], "special": False,
+                           "start": start, "stop": stop})
+        elif add_special:
+            tokens.append({"id": token_id, "text": token, "special": True, "start": None, "stop": None})
+    return tokens
+
+
 def _report_headers(result: Embeddings) -> dict[str, str]:
     """Tokens and truncation, reported on every embedding response."""
-    headers = {"x-embedrt-tokens": str(int(result.token_counts.sum())),
-               "x-embedrt-truncated": str(len(result.truncated))}
-    if result.truncated:
-        headers["x-embedrt-truncated-indices"] = ",".join(map(str, result.truncated))
+    return _count_headers(int(result.token_counts.sum()), result.truncated)
+
+
+def _count_headers(tokens: int, truncated: tuple[int, ...]) -> dict[str, str]:
+    headers = {"x-embedrt-tokens": str(tokens), "x-embedrt-truncated": str(len(truncated))}
+    if truncated:
+        headers["x-embedrt-truncated-indices"] = ",".join(map(str, truncated))
     return headers
 
 
@@ -410,6 +460,12 @@ def serve(config: ServerConfig) -> None:
 
     state.on_load_failure = stop
     logger.info("serving %s on http://%s:%d", state.model_dir, config.host, config.port)
+    if config.api_keys is not None:
+        logger.info("authentication on: %d API key(s); every route but /health requires "
+                    "'Authorization: Bearer <key>'", len(config.api_keys))
+    elif config.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("no API key configured: anyone who reaches %s:%d can use this server "
+                       "(--api-key-file or EMBEDRT_API_KEYS)", config.host, config.port)
     server.run()
     if state.load_error is not None:
         raise ModelLoadError(f"{state.model_dir}: {state.load_error}")

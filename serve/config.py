@@ -12,6 +12,8 @@ from pathlib import Path
 from embedrt.runtime.embedder import DEFAULT_MAX_BATCH_TOKENS
 from embedrt.runtime.errors import ConfigurationError, Param
 
+from .auth import ApiKeys
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -40,6 +42,8 @@ class ServerConfig:
         pad_to_multiple_of: round padded lengths up to this, bounding distinct shapes.
         graceful_timeout: seconds in-flight requests get to finish on shutdown.
         log_level: one of :data:`LOG_LEVELS`.
+        api_keys: the keys every route but ``/health`` requires (``Authorization: Bearer``);
+            None serves without authentication. Held as digests: a repr shows only their count.
 
     Raises:
         ConfigurationError: a number is out of range, the queue cannot hold one maximal
@@ -60,6 +64,7 @@ class ServerConfig:
     pad_to_multiple_of: int = 16
     graceful_timeout: float = 30.0
     log_level: str = "info"
+    api_keys: ApiKeys | None = None
 
     def __post_init__(self) -> None:
         positive = ("max_inputs", "max_chars", "max_body_bytes", "max_batch_tokens",

@@ -151,6 +151,11 @@ class ServerMetrics:
         self.rejected_total = Counter(
             "embedrt_queue_rejected_total", "Requests answered 503 because the queue was full."
         )
+        self.auth_rejected_total = Counter(
+            "embedrt_auth_rejected_total",
+            "Requests answered 401: API key missing, malformed, invalid or in the URL (reason).",
+            ("reason",),
+        )
         self.batch_size = Histogram(
             "embedrt_batch_size", "Inputs per inference call.", BATCH_SIZE_BUCKETS
         )
@@ -179,6 +184,10 @@ class ServerMetrics:
     def rejected(self) -> None:
         """A request was refused because the queue was full."""
         self.rejected_total.inc()
+
+    def auth_rejected(self, reason: str) -> None:
+        """A request was refused for its API key (the authentication middleware's callback)."""
+        self.auth_rejected_total.inc(labels=(reason,))
 
     def tokenized(self, seconds: float, tokens: int, truncated: int) -> None:
         """A coalesced group of requests was tokenised."""

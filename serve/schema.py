@@ -192,6 +192,17 @@ def openapi_document(
             "responses": {"200": _ok({"type": "array", "items": {"type": "number"}},
                                      "One score per sentence."), **post_errors},
         }},
+        "/tokenize": {"post": {
+            "summary": "text-embeddings-inference-style tokens of each input, as the model is fed them",
+            "description": "Truncation and prompts as the embedding routes; the x-embedrt-tokens header "
+            "counts the tokens listed (a list's length is an input's count). start/stop index the "
+            "input's characters (code points); null for special tokens.",
+            "requestBody": _json_body({"type": "object", "required": ["inputs"], "properties": {
+                "inputs": texts, "add_special_tokens": {"type": ["boolean", "null"]},
+                "truncate": {"type": ["boolean", "null"]}, "prompt_name": options["prompt_name"]}}),
+            "responses": {"200": _ok({"type": "array", "items": {"type": "array", "items": _TOKEN}},
+                                     "One list of tokens per input, in order."), **post_errors},
+        }},
         "/health": {"get": {"summary": "Ready once the model is loaded", "responses": {
             "200": _ok(_STATUS, "The model is loaded."),
             "503": _ok(_STATUS, "The model is loading (or failed to load)."),
@@ -202,20 +213,40 @@ def openapi_document(
             "description": "Prometheus text exposition format 0.0.4.",
             "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
     }
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "embedrt embedding server", "version": "1", "description": f"Serves {model_name} "
                  f"({dim} dimensions)."},
         "paths": paths,
         "components": {"schemas": {"Error": _ERROR, "EmbeddingList": _embedding_list()}},
     }
+    if limits.api_keys is not None:
+        _require_bearer(document)
+    return document
 
 
+def _require_bearer(document: dict[str, Any]) -> None:
+    """Mark every operation but /health as needing ``Authorization: Bearer`` (401 otherwise)."""
+    document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    document["security"] = [{"bearer": []}]
+    unauthorised = {"description": "The API key is missing, malformed, not valid, or in the URL.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            if path == "/health":
+                operation["security"] = []
+            else:
+                operation["responses"]["401"] = unauthorised
+
+
+_TOKEN = {"type": "object", "required": ["id", "text", "special", "start", "stop"], "properties": {
+    "id": {"type": "integer"}, "text": {"type": "string"}, "special": {"type": "boolean"},
+    "start": {"type": ["integer", "null"]}, "stop": {"type": ["integer", "null"]}}}
 _STATUS = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["message"], "properties": {
         "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": ["string", "null"]},
-        "code": {"type": "integer"}, "limit": {"type": "integer"}}}}}
+        "code": {"type": ["integer", "string"]}, "limit": {"type": "integer"}}}}}
 
 
 def _embedding_options(dim: int, prompt_names: Sequence[str]) -> dict[str, Any]:
