@@ -137,7 +137,8 @@ def test_health_info_and_openapi(client: httpx.Client, offline: Embedder) -> Non
                               "max_seq_length": offline.max_seq_length}
     assert info["batching"]["max_queue"] == 256
     schema = client.get("/openapi.json").json()
-    assert set(schema["paths"]) == {"/v1/embeddings", "/embed", "/similarity", "/health", "/info", "/metrics"}
+    assert set(schema["paths"]) == {"/v1/embeddings", "/embed", "/similarity", "/tokenize", "/health", "/info",
+                                    "/metrics"}
     inputs = schema["paths"]["/embed"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert inputs["properties"]["inputs"]["oneOf"][1]["maxItems"] == 8
 
@@ -460,7 +461,7 @@ def test_schema_fuzz_finds_no_server_error(server: Server) -> None:
               response_schema_conformance]
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 6
+    assert len(operations) == 7
     for operation in operations:
         # a GET without parameters has no invalid form to generate
         modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if operation.method == "post" else [])

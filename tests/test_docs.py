@@ -1,0 +1,378 @@
+"""The README and docs/: links resolve, documented commands exist and run, no history told.
+
+Every fenced shell block (sh, shell, bash, console) in README.md and docs/*.md is read command by
+command (continuation lines joined, comments dropped, pipes, ``&&`` and redirections split off).
+What happens to each documented ``embedrt ...`` command:
+
+- **Run** on the session's tiny exported model (``tiny_bert``; ``tiny_bert_int8`` where the
+  documented model path names int8), in a fresh directory holding ``texts.txt``, ``big.txt``,
+  ``more.jsonl`` and a ``docs/`` folder of texts: ``embed``, ``similarity`` (without
+  ``--reference``), ``info``, ``embed-corpus`` (local engine), ``search`` (on a corpus the test
+  embeds first), and any command with ``--help``. Every ``--model``/``-m`` value and ``info``'s
+  artefact argument become the tiny model; otherwise ``EMBEDRT_MODEL`` points at it. Each must
+  exit 0 with the output its command promises (checked against the Embedder where it is a value).
+- **Parsed only**, against the real command's options (click's ``make_context``, strict: an
+  unknown command or option, a missing value, an extra argument or a value out of range fails):
+  ``export`` (exports a real model with torch, minutes), ``bench`` (minutes of measuring),
+  ``serve`` (runs until stopped), ``embed-corpus --engine ray`` (starts Ray) and
+  ``similarity --reference`` (runs the model on torch). ``export``'s ``--variant``, ``--isa`` and
+  ``--min-cosine`` also go through ``ExportOptions``, which checks them by name and range.
+- ``python -m embedrt...`` lines: the module must exist and print its ``--help``, and every
+  ``--option`` the line shows must be in that help. ``make TARGET`` lines: the target must exist.
+
+Fenced python blocks run in a subprocess with ``EMBEDRT_MODEL`` set to the tiny model, except
+those in :data:`COMPILE_ONLY` (exporting the real model, a client of a running server), which
+are compiled only. Links: every relative link in those files names an existing file, and a
+``#anchor`` on a Markdown file names one of its headings. README.md has at most 250 lines, and
+no page tells project history (:data:`HISTORY`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer.main
+from embedrt.cli import app
+from embedrt.runtime import Embedder, cosine_similarity
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parent.parent
+PAGES = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md")])
+README_MAX_LINES = 250
+SHELL_LANGS = {"sh", "shell", "bash", "console"}
+# Commands that cannot run in a test, and why: these are parsed against their options only.
+PARSE_ONLY = {
+    "export": "exports a real model with torch (minutes)",
+    "bench": "minutes of measuring",
+    "serve": "runs until stopped",
+}
+# Python blocks that are compiled, not run, and the marker that says why.
+COMPILE_ONLY = {
+    "export_model(": "exports the real model with torch",
+    "OpenAI(": "a client of a running server",
+}
+# Wording that tells the project's history instead of describing what is.
+HISTORY = [
+    r"\bsince this stop\b",
+    r"\bstop \d+\b",
+    r"\b(?:this|previous|earlier|last) stop\b",
+    r"\b(?:this|previous|earlier) session\b",
+    r"\bcommit [0-9a-f]{7,40}\b",
+    r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b",  # a commit hash
+    r"\bno longer\b",
+    r"\bused to\b",
+    r"\bis gone\b",
+    r"\bthe old (?:layout|default|recipe|code)\b",
+    r"\b(?:previous|former|old) default\b",
+    r"\bearlier the same day\b",
+    r"\bissue \d+\b",
+    r"\bnow (?:also|uses)\b",
+]
+TEXTS = ["the cat sat on the mat", "a man is playing guitar", "", "the dog runs"]
+
+
+@dataclass(frozen=True)
+class Block:
+    """A fenced code block: where it starts, its language, its text (dedented)."""
+
+    page: Path
+    line: int
+    lang: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Command:
+    """One documented shell command: its words, and the file its stdin comes from."""
+
+    page: Path
+    line: int
+    words: tuple[str, ...]
+    stdin: str | None
+
+    @property
+    def where(self) -> str:
+        return f"{self.page.relative_to(REPO)}:{self.line}"
+
+
+def _blocks(page: Path) -> Iterator[Block]:
+    fence = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w+-]*)\s*$")
+    lines = page.read_text(encoding="utf-8").splitlines()
+    start = None
+    for number, line in enumerate(lines, 1):
+        match = fence.match(line)
+        if match is None:
+            continue
+        if start is None:
+            start, indent, lang = number, len(match["indent"]), match["lang"]
+        elif not match["lang"]:
+            body = [text[indent:] if text[:indent].isspace() else text.lstrip()
+                    for text in lines[start:number - 1]]
+            yield Block(page, start, lang, "\n".join(body))
+            start = None
+
+
+def _commands(block: Block) -> Iterator[Command]:
+    """The commands of a shell block; a pipe's ``cat FILE |`` or ``< FILE`` becomes stdin."""
+    text = re.sub(r"\\\n", " ", block.text)
+    text = re.sub(r"<([A-Za-z][\w.-]*)>", r"{\1}", text)  # <home> placeholders are not redirections
+    for offset, line in enumerate(text.splitlines()):
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        words = list(lexer)
+        segments: list[list[str]] = [[]]
+        for word in words:
+            if word in {"|", "&&", "||", ";"}:
+                segments.append([word])
+            else:
+                segments[-1].append(word)
+        previous: list[str] = []
+        for segment in segments:
+            piped = bool(segment) and segment[0] == "|"
+            segment = [w for w in segment if w not in {"|", "&&", "||", ";"}]
+            stdin = previous[1] if piped and previous[:1] == ["cat"] and len(previous) > 1 else None
+            words_out: list[str] = []
+            iterator = iter(segment)
+            for word in iterator:
+                if word == "<":
+                    stdin = next(iterator)
+                elif word in {">", ">>"}:
+                    next(iterator)
+                else:
+                    words_out.append(word)
+            while words_out and re.match(r"^[A-Z_]+=", words_out[0]):
+                words_out.pop(0)  # VAR=value before a command
+            if words_out:
+                yield Command(block.page, block.line + 1 + offset, tuple(words_out), stdin)
+            previous = segment
+
+
+def _documented() -> list[Command]:
+    return [c for page in PAGES for b in _blocks(page) if b.lang in SHELL_LANGS for c in _commands(b)]
+
+
+COMMANDS = _documented()
+EMBEDRT = [c for c in COMMANDS if c.words[0] == "embedrt"]
+
+
+def _parse_only(command: Command) -> str | None:
+    """Why ``command`` is parsed, not run; None when it runs."""
+    args = command.words[1:]
+    if "--help" in args:
+        return None
+    if args and args[0] in PARSE_ONLY:
+        return PARSE_ONLY[args[0]]
+    if args[:1] == ("embed-corpus",) and "ray" in args and "--engine" in args:
+        return "starts Ray"
+    if args[:1] == ("similarity",) and "--reference" in args:
+        return "runs the model on torch"
+    return None
+
+
+RUN = [c for c in EMBEDRT if _parse_only(c) is None]
+PARSED = [c for c in EMBEDRT if _parse_only(c) is not None]
+
+
+def _id(command: Command) -> str:
+    return f"{command.where} {' '.join(command.words[1:3])}"
+
+
+def test_the_docs_document_commands_of_every_kind() -> None:
+    run = {c.words[1] for c in RUN}
+    assert {"embed", "similarity", "info", "embed-corpus", "search"} <= run, run
+    assert {"export", "bench", "serve"} <= {c.words[1] for c in PARSED}
+
+
+def _workspace(root: Path) -> Path:
+    (root / "texts.txt").write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    (root / "big.txt").write_text("\n".join(TEXTS * 50) + "\n", encoding="utf-8")
+    (root / "more.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS), encoding="utf-8")
+    (root / "docs").mkdir()
+    (root / "docs" / "a.txt").write_text("\n".join(TEXTS[:2]) + "\n", encoding="utf-8")
+    (root / "docs" / "b.jsonl").write_text(json.dumps({"text": "a bank"}) + "\n", encoding="utf-8")
+    return root
+
+
+def _with_tiny_model(words: tuple[str, ...], fp32: Path, int8: Path) -> list[str]:
+    out = list(words[1:])
+    for i, word in enumerate(out):
+        if i > 0 and out[i - 1] in {"--model", "-m"}:
+            out[i] = str(int8 if "int8" in word else fp32)
+    if out[0] == "info":
+        positional = [i for i, w in enumerate(out[1:], 1) if not w.startswith("-")]
+        for i in positional:
+            out[i] = str(int8 if "int8" in out[i] else fp32)
+    return out
+
+
+@pytest.mark.export  # the commands run on tiny models exported in the session
+@pytest.mark.parametrize("command", RUN, ids=_id)
+def test_documented_command_runs_on_a_tiny_model(
+    command: Command, tiny_bert: Path, tiny_bert_int8: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _workspace(tmp_path)
+    monkeypatch.chdir(root)
+    env = {"EMBEDRT_MODEL": str(tiny_bert), "EMBEDRT_HOME": str(tmp_path / "home")}
+    args = _with_tiny_model(command.words, tiny_bert, tiny_bert_int8)
+    if args[0] == "search" and "--help" not in args:
+        corpus = CliRunner().invoke(app, ["embed-corpus", "docs/", "--out", args[1], "-q"], env=env)
+        assert corpus.exit_code == 0, corpus.output
+    stdin = (root / command.stdin).read_bytes() if command.stdin else None
+    result = CliRunner().invoke(app, args, input=stdin, env=env)
+    assert result.exit_code == 0, f"{command.where}: embedrt {' '.join(args)}\n{result.output}"
+    _check_output(args, result.stdout_bytes, root)
+
+
+def _check_output(args: list[str], stdout: bytes, root: Path) -> None:
+    """What the command promises: values against the Embedder where they are values."""
+    name = args[0]
+    if "--help" in args:
+        assert b"Usage:" in stdout
+    elif name == "similarity":  # the value: test_similarity_prints_the_embedders_score
+        assert -1.0 <= float(stdout.decode().split(":")[1]) <= 1.0
+    elif name == "embed" and "npy" not in args:
+        rows = [json.loads(line) for line in stdout.decode().splitlines()]
+        assert rows and [r["index"] for r in rows] == list(range(len(rows)))
+    elif name == "embed" and "-o" in args:
+        assert np.load(root / args[args.index("-o") + 1]).dtype == np.float32
+    elif name == "info" and "--json" in args:
+        assert json.loads(stdout)["schema_version"] >= 1
+    elif name == "info":
+        assert b"variant" in stdout and b"checksums" in stdout
+    elif name == "search":
+        hits = [json.loads(line) for line in stdout.decode().splitlines()]
+        assert hits and all(set(h) == {"id", "score"} for h in hits)
+
+
+@pytest.mark.export
+def test_similarity_prints_the_embedders_score(tiny_bert: Path) -> None:
+    documented = [c for c in RUN if c.words[1] == "similarity"]
+    assert documented
+    texts = [w for w in documented[0].words[2:] if not w.startswith("-")][:2]
+    result = CliRunner().invoke(app, ["similarity", *texts, "--model", str(tiny_bert)])
+    assert result.exit_code == 0, result.output
+    a, b = Embedder.load(tiny_bert).embed(texts)
+    assert float(result.stdout.split(":")[1]) == pytest.approx(cosine_similarity(a, b), abs=1e-6)
+
+
+@pytest.mark.parametrize("command", PARSED, ids=_id)
+def test_documented_command_parses(command: Command) -> None:
+    group = typer.main.get_command(app)
+    parent = group.make_context("embedrt", list(command.words[1:2]), resilient_parsing=True)
+    sub = group.get_command(parent, command.words[1])  # type: ignore[attr-defined]
+    assert sub is not None, f"{command.where}: no command {command.words[1]!r}"
+    context = sub.make_context(command.words[1], list(command.words[2:]), parent=parent)
+    if command.words[1] == "export":
+        from embedrt.export import ExportOptions
+
+        p = context.params
+        ExportOptions(variant=p["variant"], isa=p["isa"], min_cosine=p["min_cosine"])
+
+
+MODULE_LINES = [c for c in COMMANDS if c.words[:2] == ("python", "-m")]
+
+
+@pytest.mark.parametrize("command", MODULE_LINES, ids=_id)
+def test_documented_module_exists_with_its_options(command: Command) -> None:
+    module = command.words[2]
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                            timeout=180, cwd=REPO)
+    assert result.returncode == 0, f"{command.where}: python -m {module} --help\n{result.stderr}"
+    for option in (w.split("=")[0] for w in command.words[3:] if w.startswith("--")):
+        assert option in result.stdout, f"{command.where}: {module} has no option {option}"
+
+
+def test_documented_make_targets_exist() -> None:
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    targets = {c.words[1] for c in COMMANDS if c.words[0] == "make" and len(c.words) > 1}
+    assert targets
+    for target in targets:
+        assert re.search(rf"^{re.escape(target)}:", makefile, re.MULTILINE), f"no make target {target}"
+
+
+PYTHON_BLOCKS = [b for page in PAGES for b in _blocks(page) if b.lang == "python"]
+
+
+@pytest.mark.export
+@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: f"{b.page.relative_to(REPO)}:{b.line}")
+def test_documented_python_runs(block: Block, tiny_bert: Path, tmp_path: Path) -> None:
+    code = compile(block.text, f"{block.page.name}:{block.line}", "exec")
+    if any(marker in block.text for marker in COMPILE_ONLY):
+        return
+    del code
+    env = {**os.environ, "EMBEDRT_MODEL": str(tiny_bert), "EMBEDRT_HOME": str(tmp_path / "home")}
+    result = subprocess.run([sys.executable, "-c", block.text], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path, env=env)
+    assert result.returncode == 0, f"{block.page.name}:{block.line}\n{result.stderr}"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    anchors = set()
+    in_code = False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+        elif not in_code and (match := re.match(r"^#{1,6}\s+(.*?)\s*#*$", line)):
+            slug = _slug(match[1])
+            anchors.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+            seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def _links(page: Path) -> Iterator[tuple[int, str]]:
+    in_code = False
+    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+            continue
+        if in_code:
+            continue
+        for match in re.finditer(r"!?\[[^\]]*\]\(([^)\s]+)\)", re.sub(r"`[^`]*`", "", line)):
+            yield number, match[1]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_relative_links_resolve(page: Path) -> None:
+    broken = []
+    for number, target in _links(page):
+        if re.match(r"^[a-z]+:", target):
+            continue  # https:, mailto:
+        path, _, anchor = target.partition("#")
+        resolved = (page.parent / path).resolve() if path else page
+        if not resolved.exists():
+            broken.append(f"{page.name}:{number}: {target} (no such file)")
+        elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
+            broken.append(f"{page.name}:{number}: {target} (no heading #{anchor})")
+    assert not broken, "\n".join(broken)
+
+
+def test_readme_is_short() -> None:
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines (at most {README_MAX_LINES})"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_no_project_history(page: Path) -> None:
+    found = [
+        f"{page.name}:{number}: {match[0]!r}"
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1)
+        for pattern in HISTORY
+        for match in re.finditer(pattern, line, re.IGNORECASE)
+    ]
+    assert not found, "history wording (describe what is, with its command and CPU):\n" + "\n".join(found)
