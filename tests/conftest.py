@@ -31,12 +31,22 @@ REPO = Path(__file__).resolve().parent.parent
 STSB_DEV = REPO / "bench" / "data" / "stsb-dev" / "dev.tsv"  # shipped with the project
 
 
-def _tiny_models_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("_tiny_models", Path(__file__).with_name("_tiny_models.py"))
+def _load_sibling(name: str) -> ModuleType:
+    """Load ``tests/<name>.py`` as module ``name`` (the tests folder is not on sys.path)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _tiny_models_module() -> ModuleType:
+    return _load_sibling("_tiny_models")
+
+
+# Test files share helpers with ``from _helpers import ...``: registered here, before any test
+# file is collected, because --import-mode=importlib keeps the tests folder off sys.path.
+helpers = sys.modules.setdefault("_helpers", _load_sibling("_helpers"))
 
 
 @pytest.fixture(scope="session")
@@ -252,30 +262,12 @@ def stsb_dev() -> tuple[list[tuple[str, str]], list[float]]:
     return read_sts(STSB_DEV)
 
 
-def _batch_invariance(embedder: Any, texts: list[str], batch_sizes: tuple[int, ...]) -> float:
-    """Min cosine between each text embedded alone and inside shuffled mixed-length batches."""
-    import numpy as np
-    from embedrt.runtime.pooling import row_cosines
-
-    alone = np.stack([embedder.embed([t])[0] for t in texts])
-    worst = 1.0
-    rng = np.random.default_rng(0)
-    for size in batch_sizes:
-        order = rng.permutation(len(texts))
-        # Shuffled, not length-sorted: each batch mixes short and very long texts.
-        batched = np.empty_like(alone)
-        for start in range(0, len(order), size):
-            rows = order[start : start + size]
-            batched[rows] = embedder.encode([texts[i] for i in rows], batch_size=size).vectors
-        worst = min(worst, float(row_cosines(alone, batched).min()))
-    return worst
-
-
 @pytest.fixture(scope="session")
 def invariance() -> Callable[[Any, list[str], tuple[int, ...]], float]:
     """``invariance(embedder, texts, batch_sizes)``: the min cosine between each text embedded
-    alone and inside shuffled mixed-length batches of each size."""
-    return _batch_invariance
+    alone and inside shuffled mixed-length batches of each size (``_helpers.batch_invariance``)."""
+    invariance: Callable[[Any, list[str], tuple[int, ...]], float] = helpers.batch_invariance
+    return invariance
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 pa = pytest.importorskip("pyarrow", reason="the corpus job writes Parquet: the [corpus] extra")
 pq = pytest.importorskip("pyarrow.parquet", reason="the corpus job writes Parquet: the [corpus] extra")
 
+from _helpers import make_texts, output_bytes  # noqa: E402
 from embedrt.cli import app  # noqa: E402
 from embedrt.corpus import (  # noqa: E402
     BadRowError,
@@ -34,12 +34,6 @@ from embedrt.runtime.precision import Int8Calibration, calibrate_int8, quantize_
 from typer.testing import CliRunner  # noqa: E402
 
 SMALL = {"rows_per_shard": 10, "chunk_rows": 4}
-
-
-def make_texts(words: list[str], count: int, seed: int = 0) -> list[str]:
-    """Texts of 1 to 40 words (the tiny model truncates at 24 tokens)."""
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(words) for _ in range(rng.randint(1, 40))) for _ in range(count)]
 
 
 def write_inputs(directory: Path, texts: list[str], ids: list[str] | None = None) -> dict[str, Path]:
@@ -69,15 +63,6 @@ def vectors(table: pa.Table) -> np.ndarray:
     column = table.column("embedding").combine_chunks()
     width = column.type.list_size
     return column.values.to_numpy(zero_copy_only=False).reshape(-1, width)
-
-
-def output_bytes(out: Path) -> dict[str, bytes]:
-    """Every output file's bytes by relative path; run.json without its timings."""
-    found = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    record = json.loads(found.pop("run.json"))
-    record.pop("timings")
-    found["run.json"] = json.dumps(record, sort_keys=True).encode()
-    return found
 
 
 @pytest.fixture(scope="module")

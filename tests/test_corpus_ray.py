@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -25,11 +24,13 @@ ray = pytest.importorskip("ray", reason="the Ray engine needs the [ray] extra (r
 pa = pytest.importorskip("pyarrow", reason="the corpus job writes Parquet: the [corpus] extra")
 pq = pytest.importorskip("pyarrow.parquet", reason="the corpus job writes Parquet: the [corpus] extra")
 
+from _helpers import finished_shards, make_texts, output_bytes  # noqa: E402
 from embedrt.cli import app  # noqa: E402
 from embedrt.corpus import BadRowError, CorpusError, CorpusOptions, embed_corpus  # noqa: E402
 from embedrt.corpus.ray_worker import UnitWorker, decode_error  # noqa: E402
 from embedrt.corpus.record import load_record  # noqa: E402
 from embedrt.runtime.errors import ArtefactNotFoundError, MissingExtraError  # noqa: E402
+from embedrt.runtime.pooling import row_cosines  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 SMALL = {"rows_per_shard": 10, "chunk_rows": 4}
@@ -44,12 +45,6 @@ def ray_address() -> object:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
-
-
-def make_texts(words: list[str], count: int, seed: int) -> list[str]:
-    """Texts of 1 to 40 words (the tiny model truncates at 24 tokens)."""
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(words) for _ in range(rng.randint(1, 40))) for _ in range(count)]
 
 
 def write_corpus(directory: Path, words: list[str], rows: int = 45) -> list[Path]:
@@ -69,15 +64,6 @@ def write_corpus(directory: Path, words: list[str], rows: int = 45) -> list[Path
     return [directory / "a.jsonl", directory / "b.csv", directory / "c.parquet"]
 
 
-def output_bytes(out: Path) -> dict[str, bytes]:
-    """Every output file's bytes by relative path; run.json without its timings."""
-    found = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    record = json.loads(found.pop("run.json"))
-    record.pop("timings")
-    found["run.json"] = json.dumps(record, sort_keys=True).encode()
-    return found
-
-
 def table(out: Path) -> pa.Table:
     """Every shard's rows in run order (shard names sort in input order)."""
     return pa.concat_tables([pq.read_table(f) for f in sorted((out / "shards").glob("*.parquet"))])
@@ -86,10 +72,6 @@ def table(out: Path) -> pa.Table:
 def float_vectors(rows: pa.Table) -> np.ndarray:
     column = rows.column("embedding").combine_chunks()
     return column.values.to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size).astype(np.float64)
-
-
-def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def ray_options(**settings: object) -> CorpusOptions:
@@ -150,13 +132,6 @@ def _ray_command(inputs: list[Path], out: Path, model: Path, address: str) -> li
     ]
 
 
-def _finished_shards(out: Path) -> int:
-    try:
-        return len(json.loads((out / "run.json").read_text())["shards"])
-    except (OSError, ValueError, KeyError):  # not written yet, or being replaced
-        return 0
-
-
 def test_a_ray_run_killed_midway_resumes_to_the_uninterrupted_output(ray_address, tiny_bert, tiny_model_words,
                                                                      tmp_path) -> None:
     inputs = write_corpus(tmp_path / "in", tiny_model_words, rows=150)  # 90 units of 5 rows
@@ -166,13 +141,13 @@ def test_a_ray_run_killed_midway_resumes_to_the_uninterrupted_output(ray_address
     process = subprocess.Popen(_ray_command(inputs, out, tiny_bert, ray_address),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
-    while _finished_shards(out) < 3 and process.poll() is None and time.monotonic() < deadline:
+    while finished_shards(out) < 3 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
     os.kill(process.pid, signal.SIGKILL)  # the driver: its actors die with its Ray job
     process.wait()
     process.stderr.close()
-    killed_at = _finished_shards(out)
+    killed_at = finished_shards(out)
     assert 3 <= killed_at < units, f"killed after {killed_at} of {units} shards"
     resumed = embed_corpus(inputs, out, tiny_bert, ray_options(rows_per_shard=5))
     assert resumed.status == "complete" and resumed.resumed >= killed_at
@@ -206,7 +181,7 @@ def test_an_actor_killed_midway_is_replaced_and_nothing_is_lost(ray_address, tin
     killed: list[int] = []
 
     def kill_one_actor(progress: object) -> None:
-        if not killed and _finished_shards(out) >= 3:
+        if not killed and finished_shards(out) >= 3:
             pids = _actor_pids()
             if pids:
                 os.kill(pids[0], signal.SIGKILL)

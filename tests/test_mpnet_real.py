@@ -18,6 +18,7 @@ import pytest
 if importlib.util.find_spec("torch") is None or importlib.util.find_spec("onnx") is None:
     pytest.skip("the all-mpnet-base-v2 tests export: they need the [export] extra", allow_module_level=True)
 
+from _helpers import batch_invariance
 from embedrt.runtime import Embedder, Manifest
 from embedrt.runtime.pooling import row_cosines
 
@@ -67,16 +68,7 @@ def test_int8_fidelity_on_stsb_dev(
 
 def test_int8_batch_invariance_on_stsb_dev(mpnet_int8: Path, texts: list[str]) -> None:
     sample = texts[:600] + [max(texts, key=len) * 8]  # plus a neighbour far over 384 tokens
-    embedder = Embedder.load(mpnet_int8)
-    alone = np.stack([embedder.embed([t])[0] for t in sample])
-    worst, rng = 1.0, np.random.default_rng(0)
-    for size in (8, 32, 128):
-        order = rng.permutation(len(sample))  # shuffled: each batch mixes short and long texts
-        batched = np.empty_like(alone)
-        for start in range(0, len(order), size):
-            rows = order[start : start + size]
-            batched[rows] = embedder.encode([sample[i] for i in rows], batch_size=size).vectors
-        worst = min(worst, float(row_cosines(alone, batched).min()))
+    worst = batch_invariance(Embedder.load(mpnet_int8), sample, (8, 32, 128))  # shuffled, mixed lengths
     print(f"\nall-mpnet-base-v2 int8 alone vs batches of 8/32/128: min cosine {worst:.7f}")
     assert worst >= 0.99999
 

@@ -12,13 +12,13 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 if importlib.util.find_spec("torch") is None or importlib.util.find_spec("onnx") is None:
     pytest.skip("pattern tests need the [export] extra", allow_module_level=True)
 
 import onnx
+from _helpers import batch_invariance
 from embedrt.export import ExportOptions, export_model, quantize
 from embedrt.export.quantize.encoder import Encoder, match_encoder
 from embedrt.export.quantize.graph import GraphView
@@ -71,20 +71,6 @@ def _op_counts(model_file: Path) -> dict[str, int]:
     return counts
 
 
-def _invariance(embedder: Embedder, texts: list[str]) -> float:
-    alone = np.stack([embedder.embed([t])[0] for t in texts])
-    rng = np.random.default_rng(0)
-    worst = 1.0
-    for size in (8, 32):
-        order = rng.permutation(len(texts))
-        batched = np.empty_like(alone)
-        for start in range(0, len(order), size):
-            rows = order[start : start + size]
-            batched[rows] = embedder.encode([texts[i] for i in rows], batch_size=size).vectors
-        worst = min(worst, float(row_cosines(alone, batched).min()))
-    return worst
-
-
 @pytest.mark.export
 def test_every_block_is_matched_and_checked(exported: tuple[str, Path, Path]) -> None:
     arch, fp32, _ = exported
@@ -121,7 +107,7 @@ def test_int8_structure_parity_and_invariance(exported: tuple[str, Path, Path]) 
     )
     assert counts.get("Softmax", 0) == counts.get("SkipLayerNormalization", 0) == 0
     assert counts.get("GatherBlockQuantized", 0) == 1
-    assert _invariance(Embedder.load(int8), TEXTS) >= 0.99999
+    assert batch_invariance(Embedder.load(int8), TEXTS, (8, 32)) >= 0.99999
 
 
 @pytest.mark.export
@@ -144,7 +130,7 @@ def test_per_token_scales_with_a_position_bias(tiny_encoder_sources: dict[str, P
     reference = Embedder.load(fp32).embed(TEXTS)
     int8 = Embedder.load(out, verify=False)
     assert row_cosines(reference, int8.embed(TEXTS)).min() >= 0.999
-    assert _invariance(int8, TEXTS) >= 0.99999
+    assert batch_invariance(int8, TEXTS, (8, 32)) >= 0.99999
 
 
 def _erf_to_sin(encoder: Encoder) -> None:
