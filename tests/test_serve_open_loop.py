@@ -3,7 +3,8 @@
 The schedule and the latency arithmetic are checked exactly; the generator is checked against a
 deliberately slow in-test HTTP server (one request at a time), where latency measured from the
 scheduled send time must include the queueing a closed loop would hide; and one short real run
-against `embedrt serve` on the tiny model checks the report's structure. No timing target is asserted.
+against `embedrt serve` on the tiny model checks the report's figures against each other and
+against the known schedule. No timing target is asserted.
 """
 
 from __future__ import annotations
@@ -106,18 +107,33 @@ def test_a_burst_queues_and_the_queueing_is_measured() -> None:
 def test_short_real_run_writes_the_report(tiny_bert: Path, tmp_path: Path) -> None:
     from embedrt.bench.studies import serve_load
 
+    # --capacity fixes the rate the loads are fractions of, so the schedule is known: 30 % of
+    # 200 requests/s for 1 s, Poisson with the first phase's seed (0).
     serve_load.main(["--open-loop", "--model", str(tiny_bert), "--threads", "1", "--concurrency", "2",
-                     "--capacity-duration", "1", "--open-duration", "1", "--load", "0.3",
+                     "--capacity-duration", "1", "--open-duration", "1", "--load", "0.3", "--capacity", "200",
                      "--offline-texts", "16", "--out", str(tmp_path)])
     results = json.loads((tmp_path / "serve_open_loop.json").read_text())
     assert set(results) >= {"model", "command", "cpu", "offline", "capacity", "phases", "verdicts"}
-    assert results["capacity"]["requests_per_s"] > 0 and results["capacity"]["clients"] == 2
+    capacity = results["capacity"]
+    assert capacity["clients"] == 2 and capacity["offered_fractions_of"] == 200
+    assert capacity["requests"] > 0 and capacity["errors"] == {}
+    assert capacity["requests_per_s"] == pytest.approx(capacity["requests"] / capacity["seconds"], rel=0.02)
     phase = results["phases"]["load_30"]
-    assert phase["load"] == 0.3 and phase["scheduled"] > 0
-    assert phase["offered_per_s"] == pytest.approx(phase["scheduled"] / 1.0)
-    for key in ("p50_ms", "p95_ms", "p99_ms", "achieved_per_s", "achieved_over_offered", "errors",
-                "p99_over_batch1_p50", "send_lag_p99_ms", "connections"):
-        assert key in phase, key
-    assert set(results["verdicts"]) == {"load_30_errors", "load_30_throughput"}  # no target at 30 %
+    scheduled = len(poisson_schedule(0.3 * 200, 1.0, seed=0))
+    assert phase["load"] == 0.3 and phase["scheduled"] == scheduled and phase["duration_s"] == 1.0
+    assert phase["offered_per_s"] == pytest.approx(scheduled / 1.0)
+    # Every request of a light load on the tiny model is answered, and the figures agree.
+    assert phase["ok"] == scheduled and phase["errors"] == {}
+    assert phase["achieved_over_offered"] == pytest.approx(phase["achieved_per_s"] / phase["offered_per_s"])
+    assert 0 < phase["p50_ms"] <= phase["p95_ms"] <= phase["p99_ms"] <= phase["max_ms"]
+    assert phase["send_lag_max_ms"] <= phase["max_ms"]  # latency counts from the scheduled time
+    assert 1 <= phase["connections"] <= scheduled
+    batch1 = results["offline"]["batch1_p50_ms"]
+    assert batch1 > 0 and phase["p99_over_batch1_p50"] == pytest.approx(phase["p99_ms"] / batch1)
+    assert results["verdicts"] == {  # no latency target at 30 %
+        "load_30_errors": {"value": 0, "target": "0", "met": True},
+        "load_30_throughput": {"value": phase["achieved_over_offered"], "target": ">= 0.98",
+                               "met": phase["achieved_over_offered"] >= 0.98},
+    }
     markdown = (tmp_path / "serve_open_loop.md").read_text()
-    assert "| 30 % |" in markdown and "scheduled send time" in markdown
+    assert f"| 30 % | {scheduled} |" in markdown and "scheduled send time" in markdown

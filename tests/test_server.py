@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ pytest.importorskip("uvicorn", reason="the server needs the [serve] extra (uvico
 httpx = pytest.importorskip("httpx", reason="the server tests need httpx (the [dev] extra)")
 
 from embedrt.runtime import Embedder  # noqa: E402
+from embedrt.runtime.pooling import l2_normalize, row_cosines  # noqa: E402
 
 STARTUP_SECONDS = 60
 SMALL_LIMITS = ["--max-inputs", "8", "--max-chars", "300", "--max-body-bytes", "4096", "--max-queue", "256"]
@@ -121,11 +123,6 @@ def _sentences(words: list[str], count: int, offset: int = 0) -> list[str]:
             for i in range(count)]
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
 # --- routes ---------------------------------------------------------------------------------
 
 
@@ -154,7 +151,7 @@ def test_openai_route_matches_offline_runtime(
     assert [item["index"] for item in body["data"]] == list(range(7))
     expected = offline.encode(texts)
     vectors = np.array([item["embedding"] for item in body["data"]], np.float32)
-    assert _cosines(vectors, expected.vectors).min() >= 0.99999
+    assert row_cosines(vectors, expected.vectors).min() >= 0.99999
     tokens = int(expected.token_counts.sum())
     assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
     assert response.headers["x-embedrt-truncated"] == str(len(expected.truncated)) != "0"
@@ -170,7 +167,7 @@ def test_openai_route_single_string_base64_and_dimensions(
     assert len(body["data"]) == 1
     vector = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
     assert vector.shape == (offline.dim,)
-    assert _cosines(vector[None], offline.embed([text]))[0] >= 0.99999
+    assert row_cosines(vector[None], offline.embed([text]))[0] >= 0.99999
 
 
 def test_embed_route_normalize_and_truncation(
@@ -181,11 +178,31 @@ def test_embed_route_normalize_and_truncation(
     assert response.status_code == 200
     vectors = np.array(response.json(), np.float32)
     assert vectors.shape == (2, offline.dim)
-    assert _cosines(vectors, offline.embed(texts)).min() >= 0.99999
+    assert row_cosines(vectors, offline.embed(texts)).min() >= 0.99999
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     assert response.headers["x-embedrt-truncated-indices"] == "1"
+    # This model normalises in its own pipeline: "normalize": false gives the same unit vectors.
     single = client.post("/embed", json={"inputs": texts[0], "normalize": False, "truncate": False})
-    assert np.array(single.json()).shape == (1, offline.dim)
+    np.testing.assert_allclose(np.array(single.json(), np.float32), offline.embed(texts[:1]), atol=1e-6)
+
+
+def test_embed_route_normalize_on_a_model_that_does_not(tiny_distilbert: Path, tmp_path: Path,
+                                                        words: list[str]) -> None:
+    """The tiny DistilBERT (CLS pooling) does not normalise: ``normalize`` decides, and false
+    gives exactly the offline Embedder's vectors, norms and all."""
+    texts = _sentences(words, 5)
+    offline = Embedder.load(tiny_distilbert)
+    raw = offline.embed(texts)
+    norms = np.linalg.norm(raw, axis=1)
+    assert not offline.manifest.normalize and np.abs(norms - 1).min() > 1e-3  # not unit vectors
+    with running_server(tiny_distilbert, tmp_path) as running, httpx.Client(
+        base_url=running.url, timeout=60
+    ) as http:
+        unnormalised = http.post("/embed", json={"inputs": texts, "normalize": False})
+        normalised = http.post("/embed", json={"inputs": texts})
+    assert unnormalised.status_code == normalised.status_code == 200
+    np.testing.assert_allclose(np.array(unnormalised.json(), np.float32), raw, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.array(normalised.json(), np.float32), l2_normalize(raw), atol=1e-6)
 
 
 def test_similarity_route(client: httpx.Client, offline: Embedder, words: list[str]) -> None:
@@ -193,7 +210,7 @@ def test_similarity_route(client: httpx.Client, offline: Embedder, words: list[s
     response = client.post("/similarity", json={"inputs": {"source_sentence": source, "sentences": others}})
     assert response.status_code == 200
     vectors = offline.embed([source, *others])
-    expected = _cosines(np.repeat(vectors[:1], 3, axis=0), vectors[1:])
+    expected = row_cosines(np.repeat(vectors[:1], 3, axis=0), vectors[1:])
     assert np.allclose(response.json(), expected, atol=1e-5)
 
 
@@ -210,7 +227,7 @@ def test_concurrent_requests_each_get_their_own_rows(
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(call, requests))
     for texts, vectors in zip(requests, results, strict=True):
-        assert _cosines(vectors, offline.embed(texts)).min() >= 0.99999
+        assert row_cosines(vectors, offline.embed(texts)).min() >= 0.99999
     metrics = client.get("/metrics").text
     assert "# TYPE embedrt_batch_size histogram" in metrics
     assert _sample(metrics, "embedrt_batch_size_count") > 0
@@ -335,7 +352,7 @@ def test_sigterm_finishes_every_accepted_request(
         assert "Traceback" not in running.log()
     for texts, response in zip(requests, responses, strict=True):
         assert response.status_code == 200, response.text
-        assert _cosines(np.array(response.json()), offline.embed(texts)).min() >= 0.99999
+        assert row_cosines(np.array(response.json()), offline.embed(texts)).min() >= 0.99999
 
 
 def _wait_for_queue_depth(http: httpx.Client, depth: int) -> None:
@@ -438,7 +455,7 @@ def test_real_model_parity_under_concurrency(minilm_fp32: Path, tmp_path: Path) 
         assert response.status_code == 200, response.text
         expected = offline.encode(texts)
         vectors = np.array([item["embedding"] for item in response.json()["data"]], np.float32)
-        assert _cosines(vectors, expected.vectors).min() >= 0.99999
+        assert row_cosines(vectors, expected.vectors).min() >= 0.99999
         assert response.json()["usage"]["prompt_tokens"] == int(expected.token_counts.sum())
         assert response.headers["x-embedrt-truncated"] == str(len(expected.truncated))
 
@@ -478,11 +495,14 @@ def test_schema_fuzz_finds_no_server_error(server: Server) -> None:
 # --- batching without a wait ----------------------------------------------------------------
 
 
-class _Calls:
-    """A batch observer that records the rows of every inference call."""
+class _GatedCalls:
+    """A batch observer that records the rows of every inference call and holds the inference
+    thread inside the first call until the test opens the gate."""
 
     def __init__(self) -> None:
         self.rows: list[int] = []
+        self.first_call = threading.Event()
+        self.gate = threading.Event()
 
     def queue_depth(self, depth: int) -> None:
         """Ignore it."""
@@ -492,26 +512,37 @@ class _Calls:
 
     def inferred(self, seconds: float, rows: int, padded_tokens: int) -> None:
         self.rows.append(rows)
+        if len(self.rows) == 1:
+            self.first_call.set()
+            assert self.gate.wait(timeout=60), "the test never opened the gate"
 
 
 def test_without_a_wait_requests_queued_during_a_batch_share_the_next(
     offline: Embedder, words: list[str]
 ) -> None:
-    """max_wait_ms=0 (the default) still batches: what queues while a batch runs forms the next."""
+    """max_wait_ms=0 (the default) still batches: what queues while a batch runs forms the next.
+
+    The first request's call is held open (the observer waits on a gate), the other 39 are
+    queued meanwhile, then the gate opens: no timing decides what shares a batch.
+    """
     from embedrt.serve.batcher import Batcher
     from embedrt.serve.config import DEFAULTS
 
     assert DEFAULTS.max_wait_ms == 0
-    calls = _Calls()
+    calls = _GatedCalls()
     batcher = Batcher(offline, DEFAULTS, calls)
     batcher.start()
     requests = [_sentences(words, 1, offset=i) for i in range(40)]
     try:
-        futures = [batcher.submit(texts) for texts in requests]  # faster than one inference call
+        futures = [batcher.submit(requests[0])]
+        assert calls.first_call.wait(timeout=60), "the first request was never run"
+        futures += [batcher.submit(texts) for texts in requests[1:]]  # while the first call runs
+        assert batcher.depth == 40  # the first is not answered yet: all 40 are held
+        calls.gate.set()
         results = [future.result(timeout=60) for future in futures]
     finally:
+        calls.gate.set()
         batcher.close()
     for texts, result in zip(requests, results, strict=True):
-        assert _cosines(result.vectors, offline.embed(texts)).min() >= 0.99999
-    assert sum(calls.rows) == 40
-    assert len(calls.rows) <= 4, f"40 queued requests ran as {len(calls.rows)} calls: {calls.rows}"
+        np.testing.assert_allclose(result.vectors, offline.embed(texts), atol=1e-6)
+    assert calls.rows == [1, 39], f"40 requests ran as {len(calls.rows)} calls: {calls.rows}"
