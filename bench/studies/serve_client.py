@@ -36,6 +36,11 @@ def short_sentences(count: int, seed: int = 0) -> list[str]:
     return [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}" for _ in range(count)]
 
 
+def single_sentence_requests(count: int = 500) -> list[bytes]:
+    """``count`` OpenAI-style requests of one short sentence each (the same ones in every study)."""
+    return [request_bytes("/v1/embeddings", {"input": t}) for t in short_sentences(count, seed=1)]
+
+
 def command_line(argv: Sequence[str] | None) -> str:
     """The command of this run as a report quotes it (``argv`` None: this process's arguments)."""
     return " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])

@@ -39,6 +39,7 @@ from embedrt.bench.studies.serve_client import (
     request_bytes,
     run_phase,
     short_sentences,
+    single_sentence_requests,
     start_server,
 )
 from embedrt.bench.studies.serve_open_loop import open_loop_main
@@ -96,7 +97,7 @@ def measured_phase(port: int, pid: int, clients: int, make: Any, **bounds: Any) 
 
 def load_phases(port: int, pid: int, args: argparse.Namespace) -> dict[str, Any]:
     """Every phase against the running server; returns their summaries and RSS figures."""
-    singles = [request_bytes("/v1/embeddings", {"input": t}) for t in short_sentences(500, seed=1)]
+    singles = single_sentence_requests()
 
     def single(rng: random.Random) -> tuple[bytes, int]:
         return rng.choice(singles), 1

@@ -34,9 +34,8 @@ from embedrt.bench.machine import cpu_name
 from embedrt.bench.studies.serve_client import (
     command_line,
     exchange,
-    request_bytes,
     run_phase,
-    short_sentences,
+    single_sentence_requests,
     start_server,
 )
 
@@ -254,7 +253,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def open_loop_phases(port: int, args: argparse.Namespace, batch1_p50_ms: float) -> dict[str, Any]:
     """Capacity (closed loop, single short sentences), then one open-loop phase per load."""
-    singles = [request_bytes("/v1/embeddings", {"input": t}) for t in short_sentences(500, seed=1)]
+    singles = single_sentence_requests()
 
     def single(rng: random.Random) -> tuple[bytes, int]:
         return rng.choice(singles), 1
