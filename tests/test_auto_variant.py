@@ -15,6 +15,7 @@ import math
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from embedrt.runtime.errors import ArtefactError
@@ -34,6 +35,7 @@ from embedrt.cli import app  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 AMX_FLAGS = {"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"}
+BROKEN = "fp32-optimised"  # the candidate whose export the real run makes fail
 SMALL = {"repeats": 1, "bucket_texts": {"short": 32, "medium": 16, "long": 8}, "fidelity_texts": 120,
          "invariance_probes": 12}
 
@@ -188,12 +190,23 @@ def test_the_default_model_prefers_auto(tiny_bert: Path, tiny_distilbert: Path, 
 def auto_run(
     tiny_sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Path, str]]:
-    """``embedrt export TINY --variant auto --out DIR`` with a small measurement: (DIR, stdout)."""
-    from embedrt.bench import auto_variant
+    """``embedrt export TINY --variant auto --out DIR`` with a small measurement: (DIR, stdout).
 
+    The fp32-optimised export is made to fail its parity gate, as a candidate whose build fails.
+    """
+    from embedrt.bench import auto_variant
+    from embedrt.runtime.errors import ParityError
+
+    def export_model(source: Path, out: Path, options: Any, progress: Any = None) -> Manifest:
+        if options.variant == BROKEN:
+            raise ParityError(f"{BROKEN} export disagrees with torch: injected by the test")
+        return real_export(source, out, options, progress=progress)
+
+    real_export = auto_variant.export_model
     out = tmp_path_factory.mktemp("auto") / "auto"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(auto_variant, "AutoOptions", functools.partial(auto_variant.AutoOptions, **SMALL))
+        patch.setattr(auto_variant, "export_model", export_model)
         result = CliRunner().invoke(
             app, ["export", str(tiny_sources["bert"]), "--variant", "auto", "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -213,7 +226,13 @@ def test_every_candidate_is_recorded_with_its_figures(auto_run: tuple[Path, str]
     fp32 = selection.candidates[0]
     assert fp32.name == BASELINE and fp32.passed and fp32.speedup == 1.0
     assert fp32.min_cosine is not None and fp32.min_cosine >= 0.99999 and fp32.invariance is not None
+    broken = next(c for c in selection.candidates if c.name == BROKEN)
+    assert not broken.passed and broken.reason == f"export failed: {BROKEN} export disagrees with torch: " \
+        "injected by the test"
+    assert broken.min_cosine is None and broken.texts_per_s == {} and broken.speedup is None
     for c in selection.candidates:
+        if c is broken:
+            continue
         assert c.min_cosine is not None and c.mean_cosine is not None and c.invariance is not None, c
         assert set(c.texts_per_s) == {"short", "medium", "long"} and min(c.texts_per_s.values()) > 0, c
         missed = gate_failures(c.min_cosine, c.mean_cosine, c.invariance, FidelityGate())
@@ -260,7 +279,10 @@ def test_the_command_prints_one_line_and_info_shows_the_selection(auto_run: tupl
     assert f"auto choice     {selection.chosen}: {selection.reason}" in info.stdout
     for c in selection.candidates:
         assert f"{c.name}: {'passed' if c.passed else 'failed: '}" in info.stdout
-        assert f"short {c.texts_per_s['short']:.0f}/s" in info.stdout
+        if c.name != BROKEN:
+            assert f"short {c.texts_per_s['short']:.0f}/s" in info.stdout
+    assert f"{BROKEN}: failed: export failed: {BROKEN} export disagrees" in info.stdout
+    assert f"{BROKEN} (failed: export failed: {BROKEN} export disagrees" in lines[0]
 
 
 def test_auto_refuses_options_it_sets_itself(tmp_path: Path) -> None:
