@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from embedrt.runtime import EmbedrtError
+from embedrt.runtime.pooling import row_cosines
 from embedrt.runtime.precision import (
     PRECISIONS,
     CalibrationError,
@@ -178,6 +179,9 @@ def test_bad_inputs_raise_typed_errors_with_the_fix() -> None:
         assert isinstance(caught.value, ValueError) and isinstance(caught.value, EmbedrtError)
 
 
+MIN_ROUND_TRIP_COSINE = {"float32": 1 - 1e-12, "float16": 0.99999, "int8": 0.9999, "ubinary": 0.7}
+
+
 def test_precisions_cover_every_code_dtype() -> None:
     vectors = _unit_rows(3, 10)
     calibration = calibrate_int8(vectors)
@@ -186,3 +190,8 @@ def test_precisions_cover_every_code_dtype() -> None:
         assert codes.shape == (3, code_width(precision, 10))
         restored = dequantize_embeddings(codes, precision, calibration, dim=10)
         assert restored.shape == (3, 10) and restored.dtype == np.float32
+        # each row keeps its direction as far as its code can (ubinary keeps only the signs)
+        assert row_cosines(restored, vectors).min() >= MIN_ROUND_TRIP_COSINE[precision], precision
+    np.testing.assert_array_equal(
+        dequantize_embeddings(quantize_embeddings(vectors, "float32"), "float32", dim=10), vectors
+    )
