@@ -1,21 +1,26 @@
 """Could OpenVINO run embedrt's int8 faster at embedrt's fidelity? The attempts, measured in one run.
 
-    python -m embedrt.bench.openvino_int8 --out DIR [--fp32 DIR] [--int8 DIR] [--bf16 DIR] [--quick]
+    python -m embedrt.bench.openvino_int8 --out DIR [--fp32 DIR] [--int8 DIR] [--bf16 DIR]
+        [--forms qdq,nncf] [--quick]
 
 OpenVINO + NNCF int8 is the fastest peer of ``embedrt bench`` on CPUs without AMX, but it
 misses embedrt's int8 fidelity gate (held-out min cosine >= 0.99, mean >= 0.998) and its
 vectors depend on their batch. This script measures, beside embedrt int8 on onnxruntime (and
 the bf16 artefact when given), the OpenVINO int8 forms one could adopt:
 
-- NNCF post-training quantisation (static activation ranges) as the peer makes it, and with
-  SmoothQuant at alpha 0.5;
-- NNCF int8 weight compression with OpenVINO's dynamic activation quantisation (per token,
-  in groups of 32 or 64 channels: batch-invariant by construction), the rest in bf16 where
-  the CPU has it.
+- ``qdq``: embedrt's own int8 decisions (static calibrated scales, smoothing, fp32 neurons;
+  :mod:`embedrt.export.quantize.qdq`) as a standard QDQ graph that OpenVINO compiles into its
+  int8 kernels, with the FFN-down input as int8 weights under OpenVINO's per-token dynamic
+  quantisation, as a static scale, or float; the float rest at f32 or bf16;
+- ``nncf``: NNCF post-training quantisation (static activation ranges) as the peer makes it,
+  and with SmoothQuant at alpha 0.5; NNCF int8 weight compression with OpenVINO's dynamic
+  activation quantisation (per token, in groups of 32 or 64 channels: batch-invariant by
+  construction), the rest in bf16 where the CPU has it.
 
 Per form: cosine to sentence-transformers on torch over the STS-B dev sentences (min/mean),
-batch invariance (a sentence alone vs in shuffled mixed-length batches of 8/32), throughput at
-batch 32 on short/medium/long texts (median of repeats, systems interleaved) and batch-1 p50.
+batch invariance (a sentence alone vs in shuffled mixed-length batches of 8/32/128), how many
+of OpenVINO's FullyConnected kernels run on int8 inputs, throughput at batch 32 on
+short/medium/long texts (median of repeats, systems interleaved) and batch-1 p50.
 All run through embedrt's own tokenise-batch-pool path; calibration is embedrt's.
 """
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -43,6 +49,8 @@ from .workloads import SHIPPED_STS, build_workload, read_sts, token_counts
 logger = logging.getLogger("openvino_int8")
 THREADS = 2
 BATCH_SIZE = 32
+INVARIANCE_BATCH_SIZES = (8, 32, 128)
+FORM_GROUPS = ("qdq", "nncf")
 
 
 class _OpenVINOForm:
@@ -51,15 +59,54 @@ class _OpenVINOForm:
     def __init__(self, name: str, fp32: Path, model_file: Path, hint: str, config: dict[str, Any]) -> None:
         self._embedder, session = openvino_embedder(fp32, model_file, THREADS, hint, name, config)
         self.spec = SystemSpec(name, "openvino", str(fp32), THREADS)
-        self.metadata = {"engine": session.engine}
+        self.metadata = {"engine": session.engine, "int8_kernels": int8_kernels(model_file, hint, config)}
 
     def embed(self, texts: Sequence[str], batch_size: int | None) -> npt.NDArray[np.float32]:
         """Embed through embedrt's batching with this form running each call."""
         return self._embedder.embed(list(texts), batch_size=batch_size)
 
 
-def build_forms(fp32: Path, work: Path) -> dict[str, tuple[Path, str, dict[str, Any]]]:
-    """Make each OpenVINO int8 form's IR file; returns (file, precision hint, properties) by name."""
+def int8_kernels(model_file: Path, hint: str, config: dict[str, Any]) -> str:
+    """``int8/all``: OpenVINO's FullyConnected kernels with u8/i8 inputs after compilation."""
+    import openvino
+
+    compiled = openvino.Core().compile_model(
+        str(model_file), "CPU", {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": THREADS, **config}
+    )
+    kinds = [
+        str(op.get_rt_info()["runtimePrecision"].astype(str))
+        for op in compiled.get_runtime_model().get_ordered_ops()
+        if op.get_rt_info()["layerType"].astype(str) == "FullyConnected"
+    ]
+    return f"{sum(kind in ('u8', 'i8') for kind in kinds)}/{len(kinds)}"
+
+
+def build_qdq_forms(fp32: Path, work: Path) -> dict[str, tuple[Path, str, dict[str, Any]]]:
+    """The QDQ graphs of embedrt's int8 decisions; returns (file, precision hint, properties) by name."""
+    from embedrt.export.quantize.qdq import FFN_DOWN_FLOAT, FFN_DOWN_STATIC, FFN_DOWN_WEIGHTS, write_qdq
+    from embedrt.export.quantize.recipe import SCALES_STATIC, recipe_for
+    from embedrt.runtime.backends import BF16_CPU_FLAGS
+    from embedrt.runtime.cpus import cpu_flags
+
+    recipe = recipe_for("int8", "avx512_vnni", scales=SCALES_STATIC)
+    work.mkdir(parents=True, exist_ok=True)
+    hints = ("f32", "bf16") if cpu_flags() & BF16_CPU_FLAGS else ("f32",)
+    labels = {
+        FFN_DOWN_WEIGHTS: "FFN-down per-token (OpenVINO dynamic)",
+        FFN_DOWN_FLOAT: "FFN-down float",
+        FFN_DOWN_STATIC: "FFN-down static",
+    }
+    forms: dict[str, tuple[Path, str, dict[str, Any]]] = {}
+    for down, label in labels.items():
+        target = work / f"qdq-{down}.onnx"
+        write_qdq(fp32 / "model.onnx", target, recipe, down)
+        for hint in hints if down != FFN_DOWN_STATIC else hints[-1:]:
+            forms[f"embedrt QDQ int8, {label}, rest {hint}"] = (target, hint, {})
+    return forms
+
+
+def build_nncf_forms(fp32: Path, work: Path) -> dict[str, tuple[Path, str, dict[str, Any]]]:
+    """Make each NNCF int8 form's IR file; returns (file, precision hint, properties) by name."""
     import nncf
     import openvino
     from embedrt.export.quantize import calibration_feeds
@@ -121,8 +168,10 @@ def _measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     artefacts = {"embedrt int8 (onnxruntime)": args.int8, "embedrt bf16 (OpenVINO)": args.bf16}
     systems: list[Any] = [EmbedrtSystem(SystemSpec(name, "embedrt", str(path), THREADS))
                           for name, path in artefacts.items() if path is not None]
-    for name, (model_file, hint, config) in build_forms(args.fp32, work).items():
-        systems.append(_OpenVINOForm(name, args.fp32, model_file, hint, config))
+    builders = {"qdq": build_qdq_forms, "nncf": build_nncf_forms}
+    for group in args.forms:
+        for name, (model_file, hint, config) in builders[group](args.fp32, work / group).items():
+            systems.append(_OpenVINOForm(name, args.fp32, model_file, hint, config))
     sizes = {"short": 512, "medium": 256, "long": 128}
     if args.quick:
         sizes = {"short": 32, "medium": 16, "long": 8}
@@ -132,9 +181,10 @@ def _measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for system in systems:
         stats = cosine_stats(row_cosines(system.embed(sentences, BATCH_SIZE), reference))
-        invariance = batch_invariance(system, probes, fillers, (8, 32))
+        invariance = batch_invariance(system, probes, fillers, INVARIANCE_BATCH_SIZES)
         results[system.spec.name] = {
             "engine": system.metadata["engine"],
+            "int8_kernels": system.metadata.get("int8_kernels", "-"),  # OpenVINO forms only
             "cos_min": stats["min"], "cos_mean": stats["mean"],
             "invariance": min(float(v["min"] or 0.0) for v in invariance.values()),
             "speed": {},
@@ -151,6 +201,17 @@ def _measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return results
 
 
+GATE_MIN, GATE_MEAN, GATE_INVARIANCE = 0.99, 0.998, 0.99999
+
+
+def passes_gate(result: dict[str, Any]) -> bool:
+    """Whether a system's figures meet embedrt's int8 fidelity gate."""
+    return bool(
+        result["cos_min"] >= GATE_MIN and result["cos_mean"] >= GATE_MEAN
+        and result["invariance"] >= GATE_INVARIANCE
+    )
+
+
 def write_markdown(path: Path, results: dict[str, Any], env: dict[str, Any]) -> None:
     """The results as a Markdown table, ratios to embedrt int8 from the same run."""
     base = next(iter(results.values()))["speed"]
@@ -162,18 +223,34 @@ def write_markdown(path: Path, results: dict[str, Any], env: dict[str, Any]) -> 
         f"- date: {env['date']}; CPU flags: "
         + ", ".join(flag for flag, present in env["cpu"]["flags"].items() if present),
         "- fidelity: cosine to sentence-transformers on torch, STS-B dev sentences; invariance: a "
-        "sentence alone vs in shuffled mixed-length batches of 8 and 32 (min cosine)",
+        "sentence alone vs in shuffled mixed-length batches of 8, 32 and 128 (min cosine)",
+        "- int8 FC: OpenVINO FullyConnected kernels with int8 inputs after compilation / all",
+        f"- gate: cos min >= {GATE_MIN}, mean >= {GATE_MEAN}, invariance >= {GATE_INVARIANCE}; "
+        f"load average at the start: {env.get('load_average', '?')}",
         "- speed: texts/s at batch 32 (× embedrt int8, same run), batch-1 p50 on short texts",
         "",
-        "| system | engine | cos min / mean | invariance | short | medium | long | b1 p50 ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| system | engine | int8 FC | cos min / mean | invariance | gate | short | medium | long "
+        "| b1 p50 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in results.items():
         speed = r["speed"]
         cells = [f"{speed[b]:.1f} ({speed[b] / base[b]:.2f}×)" for b in ("short", "medium", "long")]
-        lines.append(f"| {name} | {r['engine']} | {r['cos_min']:.4f} / {r['cos_mean']:.5f} | "
-                     f"{r['invariance']:.7f} | " + " | ".join(cells) + f" | {speed['b1_p50_ms']:.2f} |")
+        lines.append(f"| {name} | {r['engine']} | {r.get('int8_kernels', '')} | "
+                     f"{r['cos_min']:.4f} / {r['cos_mean']:.5f} | {r['invariance']:.7f} | "
+                     f"{'pass' if passes_gate(r) else 'FAIL'} | " + " | ".join(cells)
+                     + f" | {speed['b1_p50_ms']:.2f} |")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _form_groups(text: str) -> list[str]:
+    groups = [g for g in text.split(",") if g]
+    unknown = [g for g in groups if g not in FORM_GROUPS]
+    if unknown or not groups:
+        raise argparse.ArgumentTypeError(
+            f"form groups {unknown or text!r} are not known; choose from: {', '.join(FORM_GROUPS)}"
+        )
+    return groups
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -187,14 +264,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--bf16", type=Path, default=None, help="the bf16 artefact, to compare too")
     parser.add_argument("--sts", type=Path, default=SHIPPED_STS)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--forms", type=_form_groups, default=list(FORM_GROUPS),
+                        help=f"comma-separated groups of OpenVINO forms: {', '.join(FORM_GROUPS)}")
     parser.add_argument("--quick", action="store_true", help="a few sentences, one repeat: a smoke test")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats = 1
     logging.basicConfig(level=logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())  # the machine is shared: say how busy it was
     results = measure(args)
-    env = run_context(THREADS, THREADS, list(sys.argv))
+    env = {**run_context(THREADS, THREADS, list(sys.argv)), "load_average": load}
     (args.out / "results.json").write_text(json.dumps({"env": env, "results": results}, indent=2),
                                            encoding="utf-8")
     write_markdown(args.out / "results.md", results, env)
