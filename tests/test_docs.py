@@ -29,6 +29,7 @@ no page tells project history (:data:`HISTORY`).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -38,12 +39,13 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import typer.main
 from embedrt.cli import app
-from embedrt.runtime import Embedder, cosine_similarity
+from embedrt.runtime import Embedder, Manifest, cosine_similarity
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
@@ -230,53 +232,67 @@ def test_documented_command_runs_on_a_tiny_model(
     stdin = (root / command.stdin).read_bytes() if command.stdin else None
     result = CliRunner().invoke(app, args, input=stdin, env=env)
     assert result.exit_code == 0, f"{command.where}: embedrt {' '.join(args)}\n{result.output}"
-    _check_output(args, result.stdout_bytes, root)
+    _check_output(args, result.stdout_bytes, root, stdin, tiny_bert)
 
 
-def _check_output(args: list[str], stdout: bytes, root: Path) -> None:
-    """What the command promises: values against the Embedder where they are values."""
-    name = args[0]
+def _params(args: list[str]) -> dict[str, Any]:
+    """The options and arguments the CLI parses from ``args`` (``args[0]`` the command)."""
+    group = typer.main.get_command(app)
+    parent = group.make_context("embedrt", args[:1], resilient_parsing=True)
+    command = group.get_command(parent, args[0])  # type: ignore[attr-defined]
+    assert command is not None, f"no command {args[0]!r}"
+    return dict(command.make_context(args[0], args[1:], parent=parent).params)
+
+
+def _check_output(args: list[str], stdout: bytes, root: Path, stdin: bytes | None, default: Path) -> None:
+    """What the command promises, as values: vectors and scores against the Embedder's."""
     if "--help" in args:
         assert b"Usage:" in stdout
-    elif name == "similarity":  # the value: test_similarity_prints_the_embedders_score
-        assert -1.0 <= float(stdout.decode().split(":")[1]) <= 1.0
-    elif name == "embed" and "npy" not in args:
-        rows = [json.loads(line) for line in stdout.decode().splitlines()]
-        assert rows and [r["index"] for r in rows] == list(range(len(rows)))
-    elif name == "embed" and "-o" in args:
-        assert np.load(root / args[args.index("-o") + 1]).dtype == np.float32
-    elif name == "info" and "--json" in args:
-        assert json.loads(stdout)["schema_version"] >= 1
+        return
+    name, p = args[0], _params(args)
+    model = Path(p.get("model") or default)
+    if name == "embed":
+        if p["file"] is not None:
+            texts = (root / p["file"]).read_text(encoding="utf-8").splitlines()
+        elif list(p["texts"] or ()) == ["-"]:
+            texts = (stdin or b"").decode().splitlines()
+        else:
+            texts = list(p["texts"])
+        expected = Embedder.load(model, truncate_dim=p["truncate_dim"]).embed(
+            texts, truncate=p["truncate"], prompt=p["prompt"], prompt_name=p["prompt_name"])
+        if p["output_format"] == "npy":  # a str, or the str-valued enum
+            got = np.load(root / p["output"]) if p["output"] else np.load(io.BytesIO(stdout))
+        else:
+            got = np.array([json.loads(line)["embedding"] for line in stdout.decode().splitlines()])
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    elif name == "similarity":
+        a, b = Embedder.load(model).embed([p["a"], p["b"]])
+        assert float(stdout.decode().split(":")[1]) == pytest.approx(cosine_similarity(a, b), abs=1e-6)
     elif name == "info":
-        assert b"variant" in stdout and b"checksums" in stdout
+        manifest = Manifest.load(model)
+        if p["as_json"]:
+            assert json.loads(stdout) == manifest.to_dict()
+        else:
+            assert f"variant         {manifest.variant}\n".encode() in stdout
+            assert b"checksums       ok" in stdout
+    elif name == "embed-corpus":
+        counts = json.loads((root / p["out"] / "run.json").read_text(encoding="utf-8"))["counts"]
+        assert counts["embedded"] > 0 and counts["read"] == counts["embedded"] + counts["skipped"]
     elif name == "search":
-        hits = [json.loads(line) for line in stdout.decode().splitlines()]
-        assert hits and all(set(h) == {"id", "score"} for h in hits)
-
-
-@pytest.mark.export
-def test_similarity_prints_the_embedders_score(tiny_bert: Path) -> None:
-    documented = [c for c in RUN if c.words[1] == "similarity"]
-    assert documented
-    texts = [w for w in documented[0].words[2:] if not w.startswith("-")][:2]
-    result = CliRunner().invoke(app, ["similarity", *texts, "--model", str(tiny_bert)])
-    assert result.exit_code == 0, result.output
-    a, b = Embedder.load(tiny_bert).embed(texts)
-    assert float(result.stdout.split(":")[1]) == pytest.approx(cosine_similarity(a, b), abs=1e-6)
+        scores = [json.loads(line)["score"] for line in stdout.decode().splitlines()]
+        assert 0 < len(scores) <= p["k"] and scores == sorted(scores, reverse=True)
+        assert all(-1.0 <= score <= 1.0 + 1e-6 for score in scores)
+    else:
+        pytest.fail(f"no check of what 'embedrt {name}' promises: add one")
 
 
 @pytest.mark.parametrize("command", PARSED, ids=_id)
 def test_documented_command_parses(command: Command) -> None:
-    group = typer.main.get_command(app)
-    parent = group.make_context("embedrt", list(command.words[1:2]), resilient_parsing=True)
-    sub = group.get_command(parent, command.words[1])  # type: ignore[attr-defined]
-    assert sub is not None, f"{command.where}: no command {command.words[1]!r}"
-    context = sub.make_context(command.words[1], list(command.words[2:]), parent=parent)
+    params = _params(list(command.words[1:]))  # strict: unknown options, missing values fail
     if command.words[1] == "export":
         from embedrt.export import ExportOptions
 
-        p = context.params
-        ExportOptions(variant=p["variant"], isa=p["isa"], min_cosine=p["min_cosine"])
+        ExportOptions(variant=params["variant"], isa=params["isa"], min_cosine=params["min_cosine"])
 
 
 MODULE_LINES = [c for c in COMMANDS if c.words[:2] == ("python", "-m")]
