@@ -269,6 +269,12 @@ def test_an_unreadable_key_file_is_refused(tiny_bert: Path, tmp_path: Path) -> N
     assert "Is a directory" in result.stderr
 
 
+def test_the_key_file_option_reads_its_variable(tiny_bert: Path, tmp_path: Path) -> None:
+    result = _serve(tiny_bert, env={"EMBEDRT_API_KEY_FILE": str(tmp_path / "absent")})
+    assert result.returncode == 1 and "cannot read the API key file" in result.stderr
+    assert str(tmp_path / "absent") in result.stderr and "No such file or directory" in result.stderr
+
+
 # --- constant time ------------------------------------------------------------------------
 
 
