@@ -33,7 +33,7 @@ from embedrt.export.quantize.recipe import detect_isa
 from embedrt.export.source import resolve_source
 from embedrt.export.variants import get_variant
 from embedrt.runtime.cpus import cpu_flags, usable_cpus
-from embedrt.runtime.errors import ParityError
+from embedrt.runtime.errors import EmbedrtError, ParityError
 from embedrt.runtime.home import AUTO_VARIANT, artefact_dir
 from embedrt.runtime.manifest import MANIFEST_FILE, TOKENIZER_FILE, CandidateRecord, Manifest, SelectionRecord
 from embedrt.runtime.pooling import row_cosines
@@ -57,6 +57,10 @@ from .workloads import Workload, build_workload, default_sts, token_counts
 logger = logging.getLogger(__name__)
 
 Report = Callable[[str], None]
+
+
+class HeldOutTextsMissingError(EmbedrtError, FileNotFoundError):
+    """The held-out texts the fidelity gate is measured on are not installed."""
 
 
 @dataclass(frozen=True)
@@ -125,52 +129,72 @@ def export_auto(
     started = time.perf_counter()
     step = progress or (lambda message: logger.info("%s", message))
     say = report or (lambda line: logger.info("%s", line))
-    name = resolve_source(source)[1]
-    target = out_dir if out_dir is not None else artefact_dir(name, AUTO_VARIANT)
+    target = out_dir if out_dir is not None else artefact_dir(resolve_source(source)[1], AUTO_VARIANT)
     _check_writable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     threads = options.threads or usable_cpus()
-    flags = cpu_flags()
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}-candidates-", dir=target.parent))
     try:
-        built = [
-            _build(c, source, work / f"c{i}", threads, step)
-            for i, c in enumerate(candidates(flags, find_spec("openvino") is not None, gate=options.gate))
-        ]
-        fp32 = _fp32(built).path
-        sts = options.sts or default_sts()
-        if sts is None:
-            raise FileNotFoundError("the held-out STS-B dev file is missing from embedrt.bench's data")
-        workload = build_workload(fp32 / TOKENIZER_FILE, dict(options.bucket_texts), sts, None)
+        found = candidates(cpu_flags(), find_spec("openvino") is not None, gate=options.gate)
+        built = [_build(c, source, work / f"c{i}", threads, step) for i, c in enumerate(found)]
+        workload = _workload(built, options)
         with _quiet_truncation():
             step("measuring fidelity on held-out texts")
             fidelity_texts = _measure_fidelity(built, workload, options, threads, say)
             step("measuring speed")
-            _measure_speed(built, workload, fp32 / TOKENIZER_FILE, options, threads)
+            _measure_speed(built, workload, options, threads)
         records = _records(built)
         chosen, reason = rank(records)
-        selection = SelectionRecord(
-            chosen=chosen.name, reason=reason,
-            cpu_model=str(run_context(threads, usable_cpus())["cpu"]["model"]),
-            cpu_flags=tuple(f for f in DECISIVE_FLAGS if f in flags), isa=detect_isa(),
-            threads=threads, batch_size=options.batch_size, repeats=options.repeats,
-            gate_min_cosine=options.gate.min_cosine, gate_mean_cosine=options.gate.mean_cosine,
-            gate_invariance=options.gate.invariance, fidelity_texts=fidelity_texts,
-            bucket_texts={bucket: len(texts) for bucket, texts in workload.buckets.items()},
-            seconds=round(time.perf_counter() - started, 1), candidates=records,
-        )
-        path = next(b.path for b in built if b.candidate.name == chosen.name)
-        if path is None:  # rank only chooses a built candidate or fp32, which _build guarantees
-            raise RuntimeError(f"{chosen.name} was chosen but not built")
-        manifest = dataclasses.replace(Manifest.load(path), selection=selection)
-        manifest.save(path)
+        selection = _selection(records, chosen.name, reason, options, threads, fidelity_texts, workload)
+        selection = dataclasses.replace(selection, seconds=round(time.perf_counter() - started, 1))
         step(f"writing {target}")
-        if target.exists():
-            shutil.rmtree(target)
-        path.rename(target)
-        return manifest
+        return _write(next(b for b in built if b.candidate.name == chosen.name), selection, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _selection(
+    records: tuple[CandidateRecord, ...], chosen: str, reason: str, options: AutoOptions, threads: int,
+    fidelity_texts: int, workload: Workload,
+) -> SelectionRecord:
+    """The manifest record of a finished selection (``seconds`` still 0)."""
+    flags = cpu_flags()
+    return SelectionRecord(
+        chosen=chosen, reason=reason, cpu_model=str(run_context(threads, usable_cpus())["cpu"]["model"]),
+        cpu_flags=tuple(f for f in DECISIVE_FLAGS if f in flags), isa=detect_isa(),
+        threads=threads, batch_size=options.batch_size, repeats=options.repeats,
+        gate_min_cosine=options.gate.min_cosine, gate_mean_cosine=options.gate.mean_cosine,
+        gate_invariance=options.gate.invariance, fidelity_texts=fidelity_texts,
+        bucket_texts={bucket: len(texts) for bucket, texts in workload.buckets.items()},
+        seconds=0.0, candidates=records,
+    )
+
+
+def _write(chosen: _Built, selection: SelectionRecord, target: Path) -> Manifest:
+    """Record ``selection`` in the chosen candidate's manifest and move it to ``target``."""
+    if chosen.path is None:  # rank chooses a built candidate, or fp32, whose failure raised
+        raise RuntimeError(f"{chosen.candidate.name} was chosen but not built")
+    manifest = dataclasses.replace(Manifest.load(chosen.path), selection=selection)
+    manifest.save(chosen.path)
+    if target.exists():
+        shutil.rmtree(target)
+    chosen.path.rename(target)
+    return manifest
+
+
+def _workload(built: Sequence[_Built], options: AutoOptions) -> Workload:
+    """The held-out STS sentences and the length buckets, tokenised with the fp32 artefact's tokenizer.
+
+    Raises:
+        HeldOutTextsMissingError: no ``sts`` was given and the shipped file is missing.
+    """
+    sts = options.sts or default_sts()
+    if sts is None:
+        raise HeldOutTextsMissingError(
+            "the STS-B dev file shipped with embedrt.bench (its held-out texts) is missing from this "
+            "install; reinstall embedrt, or export a named variant"
+        )
+    return build_workload(_fp32(built).path / TOKENIZER_FILE, dict(options.bucket_texts), sts, None)
 
 
 def _build(candidate: Candidate, source: str | Path | None, path: Path, threads: int, step: Report) -> _Built:
@@ -222,10 +246,9 @@ def _measure_fidelity(
     return len(sentences)
 
 
-def _measure_speed(
-    built: Sequence[_Built], workload: Workload, tokenizer: Path, options: AutoOptions, threads: int
-) -> None:
+def _measure_speed(built: Sequence[_Built], workload: Workload, options: AutoOptions, threads: int) -> None:
     """Texts/s per bucket of every built candidate at the batch size, rounds interleaved."""
+    tokenizer = _fp32(built).path / TOKENIZER_FILE
     ready = [b for b in built if b.path is not None]
     systems = [EmbedrtSystem(SystemSpec(b.candidate.name, "embedrt", str(b.path), threads)) for b in ready]
     for bucket, texts in workload.buckets.items():
