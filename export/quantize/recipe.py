@@ -19,6 +19,8 @@ from embedrt.runtime.cpus import cpu_flags, is_arm
 from embedrt.runtime.errors import Param
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from embedrt.runtime.manifest import JSONValue
 
 # The variants export builds with this package (int8, int8-edge, int4-edge), by name; the
@@ -47,19 +49,27 @@ class TargetISA:
             load; see ``embedrt.runtime.cpus.warn_missing_cpu_flags``).
         dot_product: int8 dot-product instructions (VNNI): u8 x s8 kernels do not saturate
             16-bit sums there, so weights can be s8.
+        reduced_range: s8 weights in 7 bits ([-63, 63]) for CPUs without a dot product:
+            onnxruntime's u8 x s8 kernel there (``vpmaddubsw``) adds pairs of u8 x s8 products
+            in 16 bits, and 2 x 255 x 63 = 32130 stays below 32767, so it cannot saturate.
+            The alternative to u8 weights (u8 x u8 kernel, no saturation, 8-bit codes).
     """
 
     name: str
     cpu_flags: tuple[str, ...]
     dot_product: bool
+    reduced_range: bool = False
 
 
-# In detection order: the first whose flags this CPU has is its ISA.
+# In detection order: the first whose flags this CPU has is its ISA. The reduced-range target
+# comes last, so it is never detected: it is chosen by name (``--isa avx2_reduced``) or by
+# measurement (:func:`candidate_recipes`).
 TARGET_ISAS: tuple[TargetISA, ...] = (
     TargetISA("avx512_vnni", ("avx512f", "avx512bw", "avx512_vnni"), dot_product=True),
     TargetISA("avx_vnni", ("avx2", "avx_vnni"), dot_product=True),
     TargetISA("avx512", ("avx512f", "avx512bw"), dot_product=False),
     TargetISA("avx2", ("avx2",), dot_product=False),
+    TargetISA("avx2_reduced", ("avx2",), dot_product=False, reduced_range=True),
 )
 ISAS = tuple(isa.name for isa in TARGET_ISAS)
 _BY_NAME = {isa.name: isa for isa in TARGET_ISAS}
@@ -148,6 +158,35 @@ def detect_isa() -> str:
     return next((isa.name for isa in TARGET_ISAS if features[isa.name]), _FALLBACK_ISA)
 
 
+def candidate_recipes(variant: str = "int8", flags: Collection[str] | None = None) -> list[Recipe]:
+    """The recipes of ``variant`` worth measuring on a CPU with ``flags`` (None: this CPU).
+
+    With an int8 dot product (VNNI) or on ARM (``asimd`` among the flags): the one s8 recipe,
+    which cannot saturate there. Without one (AVX2, or AVX-512 without VNNI): u8 weights (the
+    u8 x u8 kernel) and reduced-range s8 weights (the faster u8 x s8 kernel, 7-bit codes), which
+    differ in speed and accuracy by CPU, so a caller measures both and keeps the faster that
+    passes its fidelity gate. Flags that name no target (unreadable): the ``avx2`` recipe.
+    Export each with ``ExportOptions(variant=r.name, isa=r.target_isa)``.
+
+    Raises:
+        UnknownVariantError: ``variant`` is not one of :data:`QUANTISED_VARIANTS`.
+    """
+    if flags is None:
+        if is_arm():
+            return [recipe_for(variant, ARM_ISA)]
+        flags = cpu_flags()
+    if "asimd" in flags:
+        return [recipe_for(variant, ARM_ISA)]
+    detected = next(
+        (isa for isa in TARGET_ISAS if not isa.reduced_range and set(isa.cpu_flags) <= set(flags)),
+        _target(_FALLBACK_ISA),
+    )
+    found = [recipe_for(variant, detected.name)]
+    if variant != "int4-edge" and not detected.dot_product and "avx2" in flags:
+        found += [recipe_for(variant, isa.name) for isa in TARGET_ISAS if isa.reduced_range]
+    return found
+
+
 def required_cpu_flags(isa: str) -> tuple[str, ...]:
     """The CPU flags a recipe for ``isa`` needs.
 
@@ -219,10 +258,10 @@ def recipe_for(
         target_isa=target.name,
         layout=LAYOUT_BLOCKS,
         matmul_op=MATMUL_INTEGER_TO_FLOAT,
-        weight_bits=8,
+        weight_bits=7 if target.reduced_range else 8,
         weight_granularity="per-channel",
         weight_symmetric=True,
-        weight_type="s8" if target.dot_product else "u8",
+        weight_type="s8" if target.dot_product or target.reduced_range else "u8",
         activation_granularity=_GRANULARITY[scales],
         accuracy_level=None,
         # Chosen on the calibration and validation sentences (not STS-B): bench/studies/int8_recipes.py.
