@@ -19,7 +19,8 @@ What happens to each documented ``embedrt ...`` command:
   ``--min-cosine`` also go through ``ExportOptions``, which checks them by name and range (with
   ``--variant auto``, which gates its candidates itself, the CLI refuses the other two).
 - ``python -m embedrt...`` lines: the module must exist and print its ``--help``, and every
-  ``--option`` the line shows must be in that help. ``make TARGET`` lines: the target must exist.
+  ``--option`` the line shows must be in that help. ``make TARGET`` lines: the target must
+  exist. ``pip install -e '.[extra]'`` lines: the extra must exist in pyproject.toml.
 
 Fenced python blocks run in a subprocess with ``EMBEDRT_MODEL`` set to the tiny model, except
 those in :data:`COMPILE_ONLY` (exporting the real model, a client of a running server), which
@@ -319,6 +320,20 @@ def test_documented_make_targets_exist() -> None:
     assert targets
     for target in targets:
         assert re.search(rf"^{re.escape(target)}:", makefile, re.MULTILINE), f"no make target {target}"
+
+
+def test_documented_extras_exist() -> None:
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    section = pyproject.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
+    extras = set(re.findall(r"^([\w-]+) = \[", section, re.MULTILINE))
+    documented = {
+        extra
+        for c in COMMANDS if c.words[:2] == ("pip", "install")
+        for word in c.words if (match := re.match(r"^\.\[([\w,-]+)\]$", word))
+        for extra in match[1].split(",")
+    }
+    assert documented, "no pip install -e '.[extra]' line found"
+    assert documented <= extras, f"documented extras that pyproject.toml lacks: {documented - extras}"
 
 
 PYTHON_BLOCKS = [b for page in PAGES for b in _blocks(page) if b.lang == "python"]
