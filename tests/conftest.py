@@ -12,6 +12,7 @@ environment without the [export] extra can reuse them), else under pytest's tmp 
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -85,14 +86,28 @@ def artefact_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _artefact(root: Path, name: str, build: Callable[[Path], None]) -> Path:
     """Build ``root/name`` (once per session) where the [export] extra is installed; without
     it, reuse the artefact an earlier run left there. Building afresh means an artefact made
-    by older export code is never what the tests check."""
+    by older export code is never what the tests check.
+
+    Several pytest processes of one test run (``make test-full`` runs two side by side) share
+    the folder: with EMBEDRT_TEST_RUN set, the first to need an artefact builds it under a lock
+    and stamps it with that run id, and the others wait for it and reuse it.
+    """
     target = root / name
     if not HAS_EXPORT:
         if (target / "manifest.json").is_file():
             return target
         pytest.skip(f"artefact {name} is not under {root} and the [export] extra is missing")
-    shutil.rmtree(target, ignore_errors=True)
-    build(target)
+    run = os.environ.get("EMBEDRT_TEST_RUN", "")
+    stamp = root / f".{name}.test-run"
+    with open(root / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if run and (target / "manifest.json").is_file() and stamp.is_file() and stamp.read_text() == run:
+            return target
+        stamp.unlink(missing_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        build(target)
+        if run:
+            stamp.write_text(run)
     return target
 
 

@@ -23,8 +23,8 @@ from _helpers import finished_shards, make_texts, output_bytes
 
 pytest.importorskip("pyarrow", reason="the corpus job writes Parquet: the [corpus] extra")
 
-ROWS_PER_SHARD = 200
-JSONL_ROWS, CSV_ROWS = 16_000, 4_000
+ROWS_PER_SHARD = 80  # 100 units: room for three kills at seeded shard counts
+JSONL_ROWS, CSV_ROWS = 6_400, 1_600
 
 
 def _corpus(directory: Path, words: list[str]) -> list[Path]:
