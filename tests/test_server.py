@@ -134,8 +134,8 @@ def test_health_info_and_openapi(client: httpx.Client, offline: Embedder) -> Non
                               "max_seq_length": offline.max_seq_length}
     assert info["batching"]["max_queue"] == 256
     schema = client.get("/openapi.json").json()
-    assert set(schema["paths"]) == {"/v1/embeddings", "/embed", "/similarity", "/tokenize", "/health", "/info",
-                                    "/metrics"}
+    assert set(schema["paths"]) == {"/v1/embeddings", "/embed", "/similarity", "/tokenize", "/health",
+                                    "/info", "/metrics"}
     inputs = schema["paths"]["/embed"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert inputs["properties"]["inputs"]["oneOf"][1]["maxItems"] == 8
 
