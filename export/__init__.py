@@ -11,6 +11,7 @@ functions that need them, so importing this package is cheap and ExportOptions c
 a wrong option before any heavy work.
 """
 
+from embedrt.export.cross_encoder import export_cross_encoder
 from embedrt.export.errors import (
     AccuracyTargetError,
     CatalogueMismatchError,
@@ -36,5 +37,6 @@ __all__ = [
     "QuantizationError",
     "UnknownISAError",
     "UnknownVariantError",
+    "export_cross_encoder",
     "export_model",
 ]

@@ -7,7 +7,8 @@
 
 The modules: ``embedder`` (the one public class), ``backends`` (the engines that run an
 artefact's graph: onnxruntime, or OpenVINO), ``manifest`` (the artefact contract),
-``pooling`` (pooling, normalisation, cosine), ``cpus`` (usable CPUs and their features),
+``pooling`` (pooling, normalisation, cosine), ``reranker`` (cross-encoder scoring),
+``cpus`` (usable CPUs and their features),
 ``home`` (where exported models live by default), ``precision`` (float16/int8/binary
 codes of embeddings), ``errors`` (one root error).
 Built on it, in subpackages: ``serve`` (the HTTP server) and ``cli`` (the ``embedrt``
@@ -38,6 +39,7 @@ from .precision import (
     dequantize_embeddings,
     quantize_embeddings,
 )
+from .reranker import RankedDocument, Reranker, RerankInputError
 
 __all__ = [
     "PRECISIONS",
@@ -60,4 +62,7 @@ __all__ = [
     "cosine_similarity",
     "dequantize_embeddings",
     "quantize_embeddings",
+    "RankedDocument",
+    "RerankInputError",
+    "Reranker",
 ]

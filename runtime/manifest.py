@@ -493,6 +493,10 @@ class Manifest:
             the last one's ``out_features``.
         selection: set when ``embedrt export --variant auto`` chose this artefact among
             candidates measured on the exporting machine (absent from other manifests).
+        task: ``embed`` (an embedding model, the default) or ``rerank`` (a cross-encoder:
+            ``output`` holds logits; ``embedrt.runtime.reranker`` reads it).
+        rerank: a cross-encoder's scoring and its parity figures (``task`` ``rerank`` only;
+            validated by ``embedrt.runtime.reranker.RerankSpec``).
     """
 
     model_name: str
@@ -514,6 +518,8 @@ class Manifest:
     default_prompt_name: str | None = None
     dense: tuple[DenseStage, ...] = ()
     selection: SelectionRecord | None = None
+    task: str = "embed"
+    rerank: Mapping[str, JSONValue] | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, JSONValue]:
@@ -521,6 +527,8 @@ class Manifest:
         data = _jsonable(self)
         if self.selection is None:
             del data["selection"]
+        if self.task == "embed" and self.rerank is None:  # embedding manifests stay as they were
+            del data["task"], data["rerank"]
         return data
 
     def save(self, directory: Path) -> Path:
@@ -585,6 +593,8 @@ class Manifest:
                 None if selection is None
                 else SelectionRecord.from_dict(selection, _at(origin, "selection"))
             ),
+            task=_str(d, "task", origin, default="embed"),
+            rerank=None if d.get("rerank") is None else _object(d.get("rerank"), _at(origin, "rerank")),
         )
         _check_values(manifest, origin)
         return manifest

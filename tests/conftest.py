@@ -48,6 +48,7 @@ def _tiny_models_module() -> ModuleType:
 # Test files share helpers with ``from _helpers import ...``: registered here, before any test
 # file is collected, because --import-mode=importlib keeps the tests folder off sys.path.
 helpers = sys.modules.setdefault("_helpers", _load_sibling("_helpers"))
+sys.modules.setdefault("_reranker_fixtures", _load_sibling("_reranker_fixtures"))  # test_reranker*.py
 
 
 @pytest.fixture(scope="session")
