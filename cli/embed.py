@@ -37,7 +37,7 @@ def command(
         "--prompt", help="Prepend this text (wins over --prompt-name; --prompt '' turns the "
         "default prompt off).")] = None,
     truncate_dim: Annotated[int | None, typer.Option(
-        "--truncate-dim", min=1, help="Keep the first N dimensions (Matryoshka models), normalised "
+        "--truncate-dim", help="Keep the first N dimensions (Matryoshka models), normalised "
         "again when the model normalises.")] = None,
     threads: ThreadsOption = None,
 ) -> None:

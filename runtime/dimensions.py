@@ -14,11 +14,15 @@ from .errors import ConfigurationError, Param
 from .pooling import FloatArray, l2_normalize
 
 
-def check_truncate_dim(truncate_dim: int | None, dim: int) -> None:
-    """Check that ``truncate_dim`` is None or in ``1..dim``.
+def check_truncate_dim(truncate_dim: object, dim: int) -> None:
+    """Check that ``truncate_dim`` is None or an integer in ``1..dim``.
+
+    Front ends pass the value as they received it (a JSON number, say) and let this check
+    it, so every front end refuses the same values with the same message.
 
     Raises:
-        ConfigurationError: it is not an integer in range (the message names the range).
+        ConfigurationError: it is not an integer in range (the message names the range;
+            ``limit`` is ``dim``).
     """
     if truncate_dim is None:
         return
@@ -26,7 +30,7 @@ def check_truncate_dim(truncate_dim: int | None, dim: int) -> None:
         raise ConfigurationError(
             f"{{truncate_dim}} must be an integer from 1 to {dim} (the model's dimension), "
             f"got {truncate_dim!r}",
-            params=(Param("truncate_dim"),),
+            params=(Param("truncate_dim"),), limit=dim,
         )
 
 

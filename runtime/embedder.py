@@ -182,6 +182,7 @@ class Embedder:
         prompt_name: str | None = None,
         prompt: str | None = None,
         truncate_dim: int | None = None,
+        warn_truncation: bool = True,
     ) -> FloatArray:
         """Embed ``texts``; returns ``(len(texts), dim)`` float32 in input order.
 
@@ -194,7 +195,7 @@ class Embedder:
         """
         return self.encode(
             texts, batch_size=batch_size, truncate=truncate, prompt_name=prompt_name, prompt=prompt,
-            truncate_dim=truncate_dim,
+            truncate_dim=truncate_dim, warn_truncation=warn_truncation,
         ).vectors
 
     def encode(
@@ -206,13 +207,17 @@ class Embedder:
         prompt_name: str | None = None,
         prompt: str | None = None,
         truncate_dim: int | None = None,
+        warn_truncation: bool = True,
     ) -> Embeddings:
         """Embed ``texts`` and report token counts and truncation.
 
-        Inputs longer than ``max_seq_length`` are truncated (one log line per call gives the
-        count) unless ``truncate`` is False, which raises instead. Batches of ``batch_size`` are
-        formed from length-sorted inputs so padding stays small, and a batch over
-        ``max_batch_tokens`` runs as several inference calls; results come back in input order.
+        Inputs longer than ``max_seq_length`` are truncated unless ``truncate`` is False,
+        which raises instead. The result lists the truncated inputs (``truncated``), and one
+        warning per call on this module's logger gives their count unless
+        ``warn_truncation`` is False (for callers that report the count themselves). Batches
+        of ``batch_size`` are formed from length-sorted inputs so padding stays small, and a
+        batch over ``max_batch_tokens`` runs as several inference calls; results come back in
+        input order.
 
         Args:
             texts: the texts to embed.
@@ -225,6 +230,9 @@ class Embedder:
                 truncation include the prompt.
             truncate_dim: keep the first this many dimensions (1..the model's dimension),
                 normalised again when the model normalises; default the one given at load.
+            warn_truncation: log the truncation warning (a caller that counts
+                ``truncated`` itself, like the corpus job or a benchmark, turns it off here
+                rather than changing the logger's level for everyone).
 
         Raises:
             TypeError: ``texts`` is a single string, or an item is not a string.
@@ -244,7 +252,7 @@ class Embedder:
         encodings = self.tokenize(texts, truncate)
         lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
         truncated = tuple(i for i, e in enumerate(encodings) if e.overflowing)
-        if truncated:
+        if truncated and warn_truncation:
             logger.warning(
                 "truncated %d of %d inputs to max_seq_length=%d tokens",
                 len(truncated), len(encodings), self.max_seq_length,
@@ -297,7 +305,7 @@ class Embedder:
                     f"input {position} has {len(encoding.ids)} tokens; the model accepts at most "
                     f"{self.max_seq_length}. Pass {{truncate}} or shorten it "
                     f"(starts: {texts[position][:40]!r})",
-                    params=(Param("truncate", True),),
+                    params=(Param("truncate", True),), limit=self.max_seq_length,
                 )
         return encodings
 

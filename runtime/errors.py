@@ -62,11 +62,14 @@ class EmbedrtError(Exception):
         message: the whole message; ``{keyword}`` in it is replaced by that param as the
             caller's front end spells it (``str(err)`` spells it the Python way).
         params: the settings the error is about, the main one first.
+        limit: the bound the value broke (a token limit, a dimension), when there is one;
+            HTTP reports it as ``limit`` beside the message.
     """
 
-    def __init__(self, message: str = "", *, params: Sequence[Param] = ()) -> None:
+    def __init__(self, message: str = "", *, params: Sequence[Param] = (), limit: int | None = None) -> None:
         self.template = message
         self.params = tuple(params)
+        self.limit = limit
         super().__init__(self.render(python_spelling))
 
     @property

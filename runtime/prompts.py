@@ -31,10 +31,11 @@ def resolve_prompt(
         return prompt
     if prompt_name is not None:
         if prompt_name not in prompts:
-            known = ", ".join(repr(name) for name in prompts) or "none"
+            # No "or pass the text as prompt": not every front end has that setting (HTTP).
+            known = ", ".join(repr(name) for name in prompts)
+            fix = f"(known: {known}); name one of them" if known else "(it has none); leave it out"
             raise ConfigurationError(
-                f"{{prompt_name}}: {prompt_name!r} is not one of this model's prompts "
-                f"(known: {known}); name one of them, or pass the prompt text itself as prompt",
+                f"{{prompt_name}}: {prompt_name!r} is not one of this model's prompts {fix}",
                 params=(Param("prompt_name"),),
             )
         return prompts[prompt_name]

@@ -4,8 +4,8 @@ Routes: ``POST /v1/embeddings`` (OpenAI-compatible), ``POST /embed`` (text-embed
 inference-style), ``POST /similarity``, ``POST /tokenize`` (text-embeddings-inference-style),
 ``GET /health``, ``GET /info``, ``GET /metrics`` and ``GET /openapi.json``. With API keys
 configured, every route but ``/health`` requires one (:mod:`embedrt.serve.auth`). The
-model loads in a background thread after the socket opens, so ``/health`` answers 503
-until it is ready. Inference runs in the batcher's thread;
+model loads in a background thread after the socket opens; :class:`Readiness` says where
+it is, and ``/health`` answers 503 until it is ready. Inference runs in the batcher's thread;
 the event loop only parses, validates and serialises.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import enum
 import logging
 import threading
 import time
@@ -24,9 +25,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import orjson
-from embedrt.runtime.dimensions import truncate_dims
+from embedrt.runtime.dimensions import check_truncate_dim, truncate_dims
 from embedrt.runtime.embedder import Embedder, Embeddings
-from embedrt.runtime.errors import EmbedrtError, InputTooLongError, json_spelling
+from embedrt.runtime.errors import EmbedrtError
 from embedrt.runtime.home import default_model_dir
 from embedrt.runtime.manifest import Manifest
 from embedrt.runtime.pooling import FloatArray, cosine_similarity, l2_normalize
@@ -46,6 +47,8 @@ from .metrics import ServerMetrics
 from .schema import (
     RequestError,
     check_text,
+    field_spelling,
+    json_field,
     openapi_document,
     optional,
     parse_json,
@@ -58,8 +61,22 @@ Handler = Callable[["ServerState", Request], Awaitable[Response]]
 RETRY_AFTER_SECONDS = 1
 
 
+class Readiness(enum.Enum):
+    """Where the server's model is; the value is what ``GET /health`` reports as ``status``."""
+
+    LOADING = "loading"
+    READY = "ok"
+    FAILED = "failed"
+
+
 class ServerState:
-    """The app's model, batcher, metrics and readiness; the model loads in :meth:`load`."""
+    """The app's model, batcher, metrics and readiness; the model loads in :meth:`load`.
+
+    Attributes:
+        readiness: :attr:`Readiness.LOADING` until :meth:`load` ends, then ``READY`` (the
+            batcher runs) or ``FAILED`` (``load_error`` says why). Set by the loading thread
+            only, after the batcher it announces exists.
+    """
 
     def __init__(self, config: ServerConfig, model_dir: Path, manifest: Manifest) -> None:
         self.config = config
@@ -68,9 +85,9 @@ class ServerState:
         self.metrics = ServerMetrics()
         self.openapi = openapi_document(manifest.model_name, manifest.dim, config, tuple(manifest.prompts))
         self.load_error: str | None = None
+        self.readiness = Readiness.LOADING
         self.on_load_failure: Callable[[], None] = lambda: None
         self._batcher: Batcher | None = None
-        self._ready = threading.Event()
 
     def load(self) -> None:
         """Load the model and start the batcher; on failure record why and call back."""
@@ -83,13 +100,14 @@ class ServerState:
             )
         except Exception as err:  # ArtefactError, or onnxruntime refusing the graph
             self.load_error = f"{type(err).__name__}: {err}"
+            self.readiness = Readiness.FAILED
             logger.error("cannot load the model: %s", self.load_error)
             self.on_load_failure()
             return
         batcher = Batcher(embedder, self.config, self.metrics)
         batcher.start()
         self._batcher = batcher
-        self._ready.set()
+        self.readiness = Readiness.READY
         logger.info("model %s (%s) loaded in %.2f s on %s with %d threads; ready",
                     self.manifest.model_name, self.manifest.variant,
                     time.perf_counter() - started, embedder.engine, embedder.threads)
@@ -100,6 +118,8 @@ class ServerState:
         Raises:
             RequestError: 503 while the model is loading or after it failed to load.
         """
+        if self.readiness is Readiness.FAILED:
+            raise RequestError(503, "the model failed to load; GET /health says why")
         if self._batcher is None:
             raise RequestError(503, "the model is not loaded yet; retry shortly (GET /health says when)")
         return self._batcher
@@ -161,15 +181,14 @@ def _endpoint(state: ServerState, name: str, handler: Handler) -> Callable[[Requ
             response = await handler(state, request)
         except RequestError as err:
             response = _error(err)
-        except InputTooLongError as err:
-            response = _error(_request_error(err, 422, limit=state.manifest.max_seq_length))
         except QueueFullError as err:
             response = _error(RequestError(503, str(err), limit=err.limit))
         except BatcherClosedError as err:
             response = _error(RequestError(503, str(err)))
+        except EmbedrtError as err:  # the library refusing a setting of the request
+            response = _error(_request_error(err)) if err.param is not None else _server_error(name)
         except Exception:  # a bug: answer 500, log the traceback, keep serving
-            logger.exception("unhandled error on %s", name)
-            response = _error(RequestError(500, "internal error; the server log has the details"))
+            response = _server_error(name)
         state.metrics.requests.inc(labels=(name, str(response.status_code)))
         state.metrics.latency.observe(time.perf_counter() - started, (name,))
         return response
@@ -177,10 +196,21 @@ def _endpoint(state: ServerState, name: str, handler: Handler) -> Callable[[Requ
     return endpoint
 
 
-def _request_error(err: EmbedrtError, status: int, limit: int | None = None) -> RequestError:
-    """``err`` as an HTTP error: its settings spelled as JSON fields, the main one as ``param``."""
-    param = err.param.keyword if err.param is not None else None
-    return RequestError(status, err.render(json_spelling), param, limit)
+def _request_error(err: EmbedrtError) -> RequestError:
+    """The one mapping of a library error about a setting to HTTP: a 422.
+
+    The message is the library's, with each setting spelled as the request's JSON field
+    (``"dimensions"`` for ``truncate_dim``); ``param`` names the main one and ``limit`` is
+    the bound the value broke, when the error has one.
+    """
+    field = json_field(err.param) if err.param is not None else None
+    return RequestError(422, err.render(field_spelling), field, err.limit)
+
+
+def _server_error(name: str) -> JSONResponse:
+    """A 500 for a bug (called inside the ``except`` block: the log gets the traceback)."""
+    logger.exception("unhandled error on %s", name)
+    return _error(RequestError(500, "internal error; the server log has the details"))
 
 
 def _error(err: RequestError) -> JSONResponse:
@@ -272,35 +302,25 @@ def _prompted(state: ServerState, payload: dict[str, Any], texts: list[str]) -> 
     model's default prompt (if any) applies; token counts and truncation include it.
 
     Raises:
-        RequestError: 422 when ``prompt_name`` is not one of the model's prompts.
+        ConfigurationError: ``prompt_name`` is not one of the model's prompts (a 422).
     """
     name = optional(payload, "prompt_name", str, None)
     manifest = state.manifest
-    if name is not None and name not in manifest.prompts:
-        known = ", ".join(repr(known) for known in manifest.prompts) or "none"
-        raise RequestError(
-            422, f"'prompt_name' is {name!r}, not one of this model's prompts (known: {known})",
-            "prompt_name",
-        )
     prompt = resolve_prompt(manifest.prompts, manifest.default_prompt_name, name)
     return list(apply_prompt(texts, prompt))
 
 
 def _dimensions(state: ServerState, payload: dict[str, Any]) -> int | None:
-    """The request's ``dimensions`` (1..the model's dimension), or None for all of them.
+    """The request's ``dimensions`` (the runtime's ``truncate_dim``), or None for all of them.
+
+    The runtime checks the value as it came (JSON ``true`` or ``"8"`` included).
 
     Raises:
-        RequestError: 422 when it is not an integer in that range.
+        ConfigurationError: it is not an integer from 1 to the model's dimension (a 422).
     """
-    dimensions = optional(payload, "dimensions", int, None)
-    dim = state.manifest.dim
-    if dimensions is not None and not 1 <= dimensions <= dim:
-        raise RequestError(
-            422, f"'dimensions' is {dimensions}; it must be from 1 to {dim} (this model's "
-            "dimension): the first that many dimensions are kept, normalised again when the "
-            "model normalises", "dimensions", dim,
-        )
-    return dimensions  # type: ignore[no-any-return]
+    dimensions: int | None = payload.get("dimensions")
+    check_truncate_dim(dimensions, state.manifest.dim)
+    return dimensions
 
 
 async def _tei_embed(state: ServerState, request: Request) -> Response:
@@ -391,14 +411,13 @@ def _count_headers(tokens: int, truncated: tuple[int, ...]) -> dict[str, str]:
 
 
 async def _health(state: ServerState, request: Request) -> Response:
-    if state.load_error is not None:
-        return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
-    try:
-        state.batcher()
-    except RequestError:
-        return JSONResponse({"status": "loading"}, status_code=503,
-                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-    return JSONResponse({"status": "ok"})
+    readiness = state.readiness
+    if readiness is Readiness.READY:
+        return JSONResponse({"status": readiness.value})
+    if readiness is Readiness.FAILED:
+        return JSONResponse({"status": readiness.value, "error": state.load_error}, status_code=503)
+    return JSONResponse({"status": readiness.value}, status_code=503,
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 _LIMITS = ("max_inputs", "max_chars", "max_body_bytes")
@@ -413,16 +432,8 @@ async def _info(state: ServerState, request: Request) -> Response:
                    "max_seq_length": state.manifest.max_seq_length},
         "batching": {name: getattr(config, name) for name in _BATCHING},
         "pad_to_multiple_of": config.pad_to_multiple_of,
-        "ready": state.load_error is None and _is_ready(state),
+        "ready": state.readiness is Readiness.READY,
     })
-
-
-def _is_ready(state: ServerState) -> bool:
-    try:
-        state.batcher()
-    except RequestError:
-        return False
-    return True
 
 
 async def _metrics(state: ServerState, request: Request) -> Response:
@@ -467,7 +478,7 @@ def serve(config: ServerConfig) -> None:
         logger.warning("no API key configured: anyone who reaches %s:%d can use this server "
                        "(--api-key-file or EMBEDRT_API_KEYS)", config.host, config.port)
     server.run()
-    if state.load_error is not None:
+    if state.readiness is Readiness.FAILED:
         raise ModelLoadError(f"{state.model_dir}: {state.load_error}")
 
 

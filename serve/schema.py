@@ -12,9 +12,23 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from embedrt.runtime.errors import EmbedrtError
+from embedrt.runtime.errors import EmbedrtError, Param, json_spelling
 
 from .config import ServerConfig
+
+# The JSON field of each library keyword a request spells differently (OpenAI's
+# ``dimensions`` is the runtime's ``truncate_dim``); every other keyword is its own field.
+JSON_FIELDS = {"truncate_dim": "dimensions"}
+
+
+def json_field(param: Param) -> str:
+    """The request field that sets ``param``: ``dimensions`` for ``truncate_dim``."""
+    return JSON_FIELDS.get(param.keyword, param.keyword)
+
+
+def field_spelling(param: Param) -> str:
+    """``param`` as a request spells it: ``"dimensions"``, ``"truncate": true``."""
+    return json_spelling(Param(json_field(param), param.fix))
 
 
 class RequestError(EmbedrtError, ValueError):
