@@ -16,13 +16,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
@@ -138,11 +137,11 @@ def export_auto(
         found = candidates(cpu_flags(), find_spec("openvino") is not None, gate=options.gate)
         built = [_build(c, source, work / f"c{i}", threads, step) for i, c in enumerate(found)]
         workload = _workload(built, options)
-        with _quiet_truncation():
-            step("measuring fidelity on held-out texts")
-            fidelity_texts = _measure_fidelity(built, workload, options, threads, say)
-            step("measuring speed")
-            _measure_speed(built, workload, options, threads)
+        # quiet about the long bucket's truncation: EmbedrtSystem embeds with warn_truncation=False
+        step("measuring fidelity on held-out texts")
+        fidelity_texts = _measure_fidelity(built, workload, options, threads, say)
+        step("measuring speed")
+        _measure_speed(built, workload, options, threads)
         records = _records(built)
         chosen, reason = rank(records)
         selection = _selection(records, chosen.name, reason, options, threads, fidelity_texts, workload)
@@ -291,18 +290,6 @@ def _fp32(built: Sequence[_Built]) -> _Baseline:
     if item.path is None:
         raise RuntimeError(f"the {BASELINE} candidate was not built")
     return _Baseline(item.path, item.texts_per_s)
-
-
-@contextlib.contextmanager
-def _quiet_truncation() -> Iterator[None]:
-    """The long bucket truncates on purpose: no log line per call (as ``embedrt bench``)."""
-    runtime_logger = logging.getLogger("embedrt.runtime.embedder")
-    level = runtime_logger.level
-    runtime_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        runtime_logger.setLevel(level)
 
 
 def _check_writable(target: Path) -> None:

@@ -103,7 +103,8 @@ class OpenVINOSystem:
 
     def embed(self, texts: Sequence[str], batch_size: int | None) -> npt.NDArray[np.float32]:
         """Embed through embedrt's batching with OpenVINO running each call."""
-        return self._embedder.embed(list(texts), batch_size=batch_size)
+        # the long bucket is cut at max_seq_length by design: a warning per call would flood the bar
+        return self._embedder.embed(list(texts), batch_size=batch_size, warn_truncation=False)
 
 
 class SentenceTransformersOnnxSystem:

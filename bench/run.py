@@ -6,12 +6,11 @@ in :mod:`.report` and :mod:`.chart`. This module only sequences them.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -154,18 +153,6 @@ def system_specs(artefacts: Sequence[Path], threads: int) -> list[SystemSpec]:
     return specs
 
 
-@contextlib.contextmanager
-def _quiet_truncation() -> Iterator[None]:
-    """The runtime logs each truncating call; long-text buckets would flood the progress bar."""
-    runtime_logger = logging.getLogger("embedrt.runtime.embedder")
-    level = runtime_logger.level
-    runtime_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        runtime_logger.setLevel(level)
-
-
 def run_bench(options: BenchOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Measure every system on every bucket and return the results (see :mod:`.report`).
 
@@ -184,7 +171,7 @@ def run_bench(options: BenchOptions, progress: Progress | None = None) -> dict[s
     specs = system_specs(options.artefacts, options.threads)
     tokenizer = Path(options.artefacts[0]) / "tokenizer.json"
     workload = build_workload(tokenizer, settings.bucket_sizes, options.sts, settings.sts_pairs)
-    with _quiet_truncation(), tempfile.TemporaryDirectory(prefix="embedrt-bench-peers-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="embedrt-bench-peers-") as workdir:
         systems, statuses = load_systems(specs, options.skip, Path(workdir))
         progress.start(_total_steps(settings, len(systems)))
         return _measure(options, workload, tokenizer, systems, statuses, progress)

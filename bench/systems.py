@@ -185,7 +185,8 @@ class EmbedrtSystem:
 
     def embed(self, texts: Sequence[str], batch_size: int | None) -> npt.NDArray[np.float32]:
         """Embed with embedrt (length-sorted batches, dynamic padding)."""
-        return self._embedder.embed(list(texts), batch_size=batch_size)
+        # the long bucket is cut at max_seq_length by design: a warning per call would flood the bar
+        return self._embedder.embed(list(texts), batch_size=batch_size, warn_truncation=False)
 
 
 class SentenceTransformersSystem:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 from collections.abc import Iterator
 from enum import Enum
@@ -104,7 +103,7 @@ def command(
     )
     # the bar needs rich ([corpus] brings it; the base install has no rich)
     show = not quiet and sys.stderr.isatty() and missing_module(("rich",)) is None
-    with _quiet_truncation(), _bar(show) as update:
+    with _bar(show) as update:
         result = embed_corpus(inputs, out, model_dir(model), options, progress=update)
     typer.echo(summary(result))
 
@@ -120,18 +119,6 @@ def summary(result: CorpusResult) -> str:
     resumed = f", resumed after {result.resumed} finished shards" if result.resumed else ""
     return (f"{counts} in {result.out_dir} ({result.rows:,} rows in {result.seconds:.1f} s, "
             f"{speed:,.0f} rows/s{resumed})")
-
-
-@contextlib.contextmanager
-def _quiet_truncation() -> Iterator[None]:
-    """The embedder logs truncation once per chunk; the summary gives the total instead."""
-    log = logging.getLogger("embedrt.runtime.embedder")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -92,7 +92,8 @@ class EmbeddingStep:
             dtype = quantize_embeddings(np.zeros((1, self.embedder.dim), np.float32), self.precision,
                                         self.calibration).dtype
             return np.empty((0, self.width), dtype), np.empty(0, np.int32), np.empty(0, np.bool_)
-        result = self.embedder.encode(texts, batch_size=self.batch_size)
+        # the job counts truncation per row (run.json, the summary): no warning per chunk
+        result = self.embedder.encode(texts, batch_size=self.batch_size, warn_truncation=False)
         codes = quantize_embeddings(result.vectors, self.precision, self.calibration)
         truncated = np.zeros(count, np.bool_)
         truncated[list(result.truncated)] = True
@@ -105,4 +106,5 @@ def calibrate(embedder: Embedder, texts: Sequence[str], batch_size: int) -> Int8
     Raises:
         PrecisionError: ``texts`` is empty.
     """
-    return calibrate_int8(embedder.encode(texts, batch_size=batch_size).vectors)
+    # these rows are embedded again (and their truncation counted) when their chunk runs
+    return calibrate_int8(embedder.encode(texts, batch_size=batch_size, warn_truncation=False).vectors)

@@ -191,7 +191,6 @@ def _worker_arguments(job: Job, options: RayOptions) -> dict[str, Any]:
         "model": str(job.model), "out_dir": str(job.out_dir), "precision": job.options.precision,
         "calibration": calibration, "batch_size": job.options.batch_size,
         "threads": options.cpus_per_actor, "width": job.width,
-        "log_level": logging.getLogger("embedrt.runtime.embedder").getEffectiveLevel(),
     }
 
 

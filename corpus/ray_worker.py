@@ -14,7 +14,6 @@ prints its one line.
 from __future__ import annotations
 
 import json
-import logging
 import pickle
 import socket
 from pathlib import Path
@@ -45,8 +44,6 @@ class UnitWorker:
         batch_size: texts per batch.
         threads: onnxruntime threads (the CPUs Ray reserves for the actor).
         width: values per stored embedding.
-        log_level: level for the embedder's log (the driver's, so truncation warnings stay
-            as quiet in the actors as in the calling process).
 
     A failure to load is not raised here (Ray would retry the actor and then report its own
     error): it is kept and returned for every unit, naming the node.
@@ -54,9 +51,8 @@ class UnitWorker:
 
     def __init__(
         self, model: str, out_dir: str, precision: str, calibration: dict[str, Any] | None,
-        batch_size: int, threads: int, width: int, log_level: int = logging.WARNING,
+        batch_size: int, threads: int, width: int,
     ) -> None:
-        logging.getLogger("embedrt.runtime.embedder").setLevel(log_level)
         self._failure: EmbedrtError | None = None
         try:
             ranges = (Int8Calibration.from_dict(calibration, "the driver's calibration")
