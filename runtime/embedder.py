@@ -15,7 +15,7 @@ from tokenizers import Encoding, Tokenizer
 from .backends import Session, open_session
 from .cpus import usable_cpus, warn_missing_cpu_flags
 from .dimensions import check_truncate_dim, truncate_dims
-from .errors import ArtefactError, ArtefactNotFoundError, InputTooLongError, Param
+from .errors import ArtefactError, ArtefactNotFoundError, ConfigurationError, InputTooLongError, Param
 from .manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, sha256_file
 from .pooling import FloatArray, l2_normalize, pool
 from .prompts import apply_prompt, resolve_prompt
@@ -126,8 +126,9 @@ class Embedder:
             ArtefactNotFoundError: the directory or one of its files is missing.
             ArtefactError: the manifest is invalid, or a file does not match it.
             MissingExtraError: the artefact's engine is OpenVINO and it is not installed.
-            ValueError: ``threads`` or ``batch_size`` is not positive.
-            ConfigurationError: ``truncate_dim`` is not in 1..the model's dimension.
+            ConfigurationError: ``threads``, ``batch_size``, ``pad_to_multiple_of`` or
+                ``max_batch_tokens`` is not a positive integer, or ``truncate_dim`` is not in
+                1..the model's dimension (a ``ValueError``).
         """
         directory = Path(path)
         manifest = Manifest.load(directory)
@@ -237,9 +238,8 @@ class Embedder:
         Raises:
             TypeError: ``texts`` is a single string, or an item is not a string.
             InputTooLongError: ``truncate`` is False and an input exceeds ``max_seq_length``.
-            ValueError: ``batch_size`` is not positive.
-            ConfigurationError: ``prompt_name`` is not one of the model's prompts, or
-                ``truncate_dim`` is out of range.
+            ConfigurationError: ``batch_size`` is not positive, ``prompt_name`` is not one of
+                the model's prompts, or ``truncate_dim`` is out of range.
         """
         _check_texts(texts)
         size = batch_size or self.batch_size
@@ -346,9 +346,12 @@ def _check_texts(texts: Any) -> None:
 
 
 def _check_positive(**values: int | None) -> None:
+    """Raise :class:`ConfigurationError` (a ``ValueError``) for the first value not a positive int."""
     for name, value in values.items():
         if value is not None and (not isinstance(value, int) or value <= 0):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise ConfigurationError(
+                f"{{{name}}} must be a positive integer, got {value!r}", params=(Param(name),)
+            )
 
 
 def verify_files(directory: str | Path, manifest: Manifest) -> tuple[str, ...]:
