@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import shutil
 import socket
 import subprocess
@@ -156,6 +157,35 @@ def test_a_server_setting_error_names_both_flags_on_the_cli(tiny_bert: Path) -> 
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines() == [f"embedrt: error: {expected}"]
     assert "--max-queue (5) must be at least --max-inputs + 1 (9)" in expected
+
+
+# export_model's recipe settings: the CLI reaches them only through --variant, never by name
+PYTHON_ONLY = {"layout", "scales"}
+# the settings each embedding route passes to the runtime, which may refuse them
+ROUTE_SETTINGS = {"/embed": ("truncate", "prompt_name", "truncate_dim"),
+                  "/v1/embeddings": ("prompt_name", "truncate_dim"), "/tokenize": ("truncate", "prompt_name")}
+
+
+def test_every_setting_an_error_names_is_a_cli_flag_and_a_request_field() -> None:
+    """The CLI mapper spells a keyword as its flag, so every named keyword must be one."""
+    import typer.main
+    from embedrt.cli import app
+    from embedrt.runtime.errors import Param, cli_spelling
+    from embedrt.serve.config import ServerConfig
+    from embedrt.serve.schema import json_field, openapi_document
+
+    keywords = {keyword for folder in ("runtime", "corpus", "export", "serve", "bench")
+                for path in (ROOT / folder).rglob("*.py")
+                for keyword in re.findall(r'Param\("([a-z_]+)"', path.read_text())}
+    assert {"truncate", "prompt_name", "truncate_dim", "overwrite", "max_queue"} <= keywords
+    command = typer.main.get_command(app)
+    flags = {flag for sub in command.commands.values() for param in sub.params  # type: ignore[attr-defined]
+             for flag in [*param.opts, *param.secondary_opts]}
+    assert sorted(k for k in keywords - PYTHON_ONLY if cli_spelling(Param(k)) not in flags) == []
+    document = openapi_document("tiny", 32, ServerConfig(), ())
+    for route, settings in ROUTE_SETTINGS.items():
+        body = document["paths"][route]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert [s for s in settings if json_field(Param(s)) not in body["properties"]] == [], route
 
 
 # --- readiness as state ------------------------------------------------------------------------
