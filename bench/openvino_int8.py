@@ -18,7 +18,8 @@ the bf16 artefact when given), the OpenVINO int8 forms one could adopt:
   construction), the rest in bf16 where the CPU has it.
 
 Per form: cosine to sentence-transformers on torch over the STS-B dev sentences (min/mean),
-batch invariance (a sentence alone vs in shuffled mixed-length batches of 8/32/128), how many
+batch invariance (a sentence alone vs in shuffled mixed-length batches of 8/32/128, two probe
+sets), how many
 of OpenVINO's FullyConnected kernels run on int8 inputs, throughput at batch 32 on
 short/medium/long texts (median of repeats, systems interleaved) and batch-1 p50.
 All run through embedrt's own tokenise-batch-pool path; calibration is embedrt's.
@@ -176,17 +177,24 @@ def _measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if args.quick:
         sizes = {"short": 32, "medium": 16, "long": 8}
     workload = build_workload(args.fp32 / "tokenizer.json", sizes, args.sts, None)
-    probes = sentences[:: max(1, len(sentences) // 48)][:48]
+    # Two probe sets (spread over the file, and its first 48): OpenVINO's float kernels round
+    # differently at some batch shapes, and which probes a static quantiser amplifies that in varies.
+    probe_sets = [sentences[:: max(1, len(sentences) // 48)][:48], sentences[:48]]
     fillers = [*sentences[:500], *workload.buckets["long"]]
     results: dict[str, Any] = {}
     for system in systems:
         stats = cosine_stats(row_cosines(system.embed(sentences, BATCH_SIZE), reference))
-        invariance = batch_invariance(system, probes, fillers, INVARIANCE_BATCH_SIZES)
+        invariance = [
+            batch_invariance(system, probes, fillers, INVARIANCE_BATCH_SIZES) for probes in probe_sets
+        ]
         results[system.spec.name] = {
             "engine": system.metadata["engine"],
             "int8_kernels": system.metadata.get("int8_kernels", "-"),  # OpenVINO forms only
             "cos_min": stats["min"], "cos_mean": stats["mean"],
-            "invariance": min(float(v["min"] or 0.0) for v in invariance.values()),
+            "invariance": min(float(v["min"] or 0.0) for found in invariance for v in found.values()),
+            "invariance_by_batch": {
+                size: min(float(found[size]["min"] or 0.0) for found in invariance) for size in invariance[0]
+            },
             "speed": {},
         }
         logger.warning("%s: %s", system.spec.name, results[system.spec.name])
@@ -223,7 +231,8 @@ def write_markdown(path: Path, results: dict[str, Any], env: dict[str, Any]) -> 
         f"- date: {env['date']}; CPU flags: "
         + ", ".join(flag for flag, present in env["cpu"]["flags"].items() if present),
         "- fidelity: cosine to sentence-transformers on torch, STS-B dev sentences; invariance: a "
-        "sentence alone vs in shuffled mixed-length batches of 8, 32 and 128 (min cosine)",
+        "sentence alone vs in shuffled mixed-length batches of 8, 32 and 128 (min cosine over two "
+        "sets of 48 probes)",
         "- int8 FC: OpenVINO FullyConnected kernels with int8 inputs after compilation / all",
         f"- gate: cos min >= {GATE_MIN}, mean >= {GATE_MEAN}, invariance >= {GATE_INVARIANCE}; "
         f"load average at the start: {env.get('load_average', '?')}",
