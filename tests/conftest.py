@@ -279,6 +279,17 @@ def stsb_dev() -> tuple[list[tuple[str, str]], list[float]]:
 
 
 @pytest.fixture(scope="session")
+def minilm_torch_stsb(minilm_fp32: Path, stsb_dev: tuple[list[tuple[str, str]], list[float]]) -> Any:
+    """sentence-transformers on torch (the bundled all-MiniLM-L6-v2, batch 64) over the 3,000
+    STS-B dev sentences, pairs flattened in order: computed once for every test that compares."""
+    from embedrt.export.parity import reference_embeddings
+    from embedrt.runtime import Manifest
+
+    texts = [text for pair in stsb_dev[0] for text in pair]
+    return reference_embeddings(Path(Manifest.load(minilm_fp32).source.path), texts, batch_size=64)
+
+
+@pytest.fixture(scope="session")
 def invariance() -> Callable[[Any, list[str], tuple[int, ...]], float]:
     """``invariance(embedder, texts, batch_sizes)``: the min cosine between each text embedded
     alone and inside shuffled mixed-length batches of each size (``_helpers.batch_invariance``)."""

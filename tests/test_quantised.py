@@ -326,10 +326,8 @@ def _spearman_x100(vectors: np.ndarray, gold: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def torch_stsb(stsb: tuple[list[str], np.ndarray], minilm_fp32: Path) -> Any:
-    from embedrt.export.parity import reference_embeddings
-
-    return reference_embeddings(Path(Manifest.load(minilm_fp32).source.path), stsb[0], batch_size=64)
+def torch_stsb(minilm_torch_stsb: Any) -> Any:
+    return minilm_torch_stsb
 
 
 @pytest.mark.real_model
