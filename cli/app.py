@@ -31,6 +31,7 @@ COMMANDS = (
     "serve",
     "bench",
     "search",
+    "rerank",
     "embed-corpus",
 )
 

@@ -41,11 +41,35 @@ def command(
         typer.Option(help="Read, and on the first search write, the decoded shards in "
                           "DIR/.search-cache (the size of the raw vectors; much faster later searches)."),
     ] = True,
+    rerank: Annotated[
+        Path | None,
+        typer.Option(help="A reranker artefact (cross-encoder): rescore the --candidates best rows with "
+                          "it and print the best -k by its score (id, score, cosine, text)."),
+    ] = None,
+    candidates: Annotated[
+        int,
+        typer.Option(min=1, help="With --rerank: rows the embedding search keeps for the reranker "
+                     "(at least -k)."),
+    ] = 50,
 ) -> None:
     """Search an embedded corpus: exact top-k by cosine, one JSON line per result (id, score).
 
+    With --rerank, the --candidates best rows are scored again by a cross-encoder (their texts
+    read from the run's input files) and the best -k by its score are printed.
+
     Example: embedrt search vectors/ "how do I reset my password" -k 5
     """
+    if rerank is not None:
+        from embedrt.corpus.rerank import search_and_rerank
+        from embedrt.runtime.reranker import Reranker
+
+        reranked = search_and_rerank(directory, query, Reranker.load(rerank, threads=threads), k=k,
+                                     candidates=max(candidates, k), model=model, threads=threads, cache=cache)
+        sys.stdout.write("".join(
+            json.dumps({"id": h.id, "score": h.score, "cosine": h.cosine, "text": h.text}) + "\n"
+            for h in reranked
+        ))
+        return
     hits = search(directory, query, k=k, model=model, threads=threads, rescore=rescore,
                   rescore_multiplier=rescore_multiplier, cache=cache)
     sys.stdout.write("".join(json.dumps({"id": hit.id, "score": hit.score}) + "\n" for hit in hits))
