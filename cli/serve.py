@@ -58,6 +58,9 @@ def command(
         "API_KEY_FILE", "File of API keys, one a line (blank and # lines skipped); every route but "
         f"/health then requires 'Authorization: Bearer <key>'. {ENV_KEYS} (keys separated by commas) "
         "adds keys; both sources are accepted together.")] = None,
+    reranker: Annotated[Path | None, _option(
+        "RERANKER", "A reranker artefact (a cross-encoder export) to serve beside the model on "
+        "/rerank and /v1/rerank.")] = None,
 ) -> None:
     """Serve embeddings over HTTP (OpenAI-compatible /v1/embeddings, /embed, /similarity, ...).
 
@@ -72,6 +75,7 @@ def command(
         max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
         pad_to_multiple_of=pad_to_multiple_of, graceful_timeout=graceful_timeout,
         log_level=log_level.lower(), api_keys=load_api_keys(api_key_file, os.environ),
+        reranker_dir=reranker,
     )
     try:  # fail here, before the model loads, if the extra is missing
         import uvicorn  # noqa: F401

@@ -222,7 +222,16 @@ class Reranker:
         """
         size = batch_size or self.batch_size
         _check_positive(batch_size=size)
-        encodings = self.tokenize(pairs, truncate)
+        return self.score_encodings(self.tokenize(pairs, truncate), batch_size=size, activation=activation)
+
+    def score_encodings(
+        self, encodings: Sequence[Encoding], *, batch_size: int | None = None, activation: bool = True
+    ) -> FloatArray:
+        """Scores of :meth:`tokenize` output, as :meth:`predict` returns them (input order).
+
+        Batches of ``batch_size`` are formed from length-sorted pairs, so padding stays small.
+        """
+        size = batch_size or self.batch_size
         logits = np.empty((len(encodings), self.spec.num_labels), dtype=np.float32)
         lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
         order = np.argsort(lengths, kind="stable")

@@ -44,6 +44,7 @@ from .auth import ApiKeyMiddleware
 from .batcher import Batcher, BatcherClosedError, QueueFullError
 from .config import ServerConfig
 from .metrics import ServerMetrics
+from .rerank import RerankerHost, rerank_routes
 from .schema import (
     RequestError,
     check_text,
@@ -145,15 +146,21 @@ def create_app(config: ServerConfig) -> tuple[Starlette, ServerState]:
     model_dir = config.model_dir or default_model_dir()
     state = ServerState(config, model_dir, Manifest.load(model_dir))
 
+    rerank = None if config.reranker_dir is None else RerankerHost(config, config.reranker_dir)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loader = threading.Thread(target=state.load, name="embedrt-load", daemon=True)
         loader.start()
+        if rerank is not None:
+            await asyncio.to_thread(rerank.load)
         try:
             yield
         finally:
             await asyncio.to_thread(loader.join)
             await asyncio.to_thread(state.close)
+            if rerank is not None:
+                await asyncio.to_thread(rerank.close)
 
     routes = [
         Route("/v1/embeddings", _endpoint(state, "/v1/embeddings", _openai_embeddings), methods=["POST"]),
@@ -165,6 +172,9 @@ def create_app(config: ServerConfig) -> tuple[Starlette, ServerState]:
         Route("/metrics", _endpoint(state, "/metrics", _metrics), methods=["GET"]),
         Route("/openapi.json", _endpoint(state, "/openapi.json", _openapi), methods=["GET"]),
     ]
+    if rerank is not None:  # /rerank and /v1/rerank: serve/rerank.py
+        routes += rerank_routes(rerank, lambda request: _read_json(state, request),
+                                lambda name, handler: _endpoint(state, name, handler))
     middleware = [] if config.api_keys is None else [
         Middleware(ApiKeyMiddleware, keys=config.api_keys, on_reject=state.metrics.auth_rejected)]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error},

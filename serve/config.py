@@ -44,6 +44,8 @@ class ServerConfig:
         log_level: one of :data:`LOG_LEVELS`.
         api_keys: the keys every route but ``/health`` requires (``Authorization: Bearer``);
             None serves without authentication. Held as digests: a repr shows only their count.
+        reranker_dir: a reranker artefact (cross-encoder) served beside the model on ``/rerank``
+            and ``/v1/rerank``; None: no rerank routes.
 
     Raises:
         ConfigurationError: a number is out of range, the queue cannot hold one maximal
@@ -65,6 +67,7 @@ class ServerConfig:
     graceful_timeout: float = 30.0
     log_level: str = "info"
     api_keys: ApiKeys | None = None
+    reranker_dir: Path | None = None
 
     def __post_init__(self) -> None:
         positive = ("max_inputs", "max_chars", "max_body_bytes", "max_batch_tokens",
