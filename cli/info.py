@@ -80,12 +80,17 @@ def _selection(selection: SelectionRecord) -> list[tuple[str, str]]:
     for i, c in enumerate(selection.candidates):
         fidelity = ("not measured" if c.min_cosine is None else
                     f"min {c.min_cosine:.4f} mean {c.mean_cosine or 0.0:.5f} inv {c.invariance or 0.0:.7f}")
-        speed = ", ".join(f"{bucket} {rate:.0f}/s" for bucket, rate in c.texts_per_s.items())
+        speed = ", ".join(f"{bucket} {_rate(rate)}/s" for bucket, rate in c.texts_per_s.items())
         ratio = "" if c.speedup is None else f" ({c.speedup:.2f}x)"
         verdict = "passed" if c.passed else f"failed: {c.reason}"
         rows.append(("candidates" if i == 0 else "",
                      f"{c.name}: {verdict}; {fidelity}; {speed or 'speed not measured'}{ratio}"))
     return rows
+
+
+def _rate(texts_per_s: float) -> str:
+    """Three significant figures without an exponent: ``1466``, ``95.5``, ``1.83``."""
+    return f"{texts_per_s:.0f}" if texts_per_s >= 100 else f"{texts_per_s:.3g}"
 
 
 def _pipeline(manifest: Manifest) -> str:
