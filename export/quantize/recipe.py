@@ -89,7 +89,8 @@ class Recipe:
     ``matmul_op`` is ``"MatMulIntegerToFloat"`` (int8, any ISA) or ``"MatMulNBits"``.
     ``weight_type`` "u8" stores int8 codes shifted by 128 so x86 CPUs without VNNI use the u8 x u8
     kernel, which widens to 16 bits before multiplying and cannot saturate; ``weight_bits`` 7 is the
-    other known mitigation (reduce_range: s8 codes in [-63, 63]) and measured less accurate.
+    other known mitigation (reduce_range: s8 codes in [-63, 63], the ``avx2_reduced`` target,
+    which keeps the u8 x s8 kernel) and measured less accurate.
     ``smoothing_alpha`` None disables SmoothQuant; it never applies to down-projection inputs
     (K > N), where it measured worse. ``context_smoothing_alpha`` is the one for attention's
     context, folded into V. ``static_range_margin`` widens the calibrated ranges of static
