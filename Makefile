@@ -32,13 +32,13 @@ demo: setup
 ## environment with only the base dependencies (no torch, transformers, optimum, onnx) and
 ## its install size, then the same on emulated arm64 against the artefacts test-full exported.
 ## Independent stages run two at a time: lint beside test-full (then the base environment is
-## built beside it), and test-base beside test-arm64, both on test-full's artefacts. Each phase
-## prints its wall and CPU time.
+## built beside it), and test-base beside test-arm64, both on test-full's artefacts (each one's
+## output printed whole when it ends). Each phase prints its wall and CPU time.
 test:
 	@.ci/timed "lint, test-full, setup-base" \
-		$(MAKE) --no-print-directory -j2 --output-sync=line lint test-full setup-base
+		$(MAKE) --no-print-directory -j2 lint test-full setup-base
 	@.ci/timed "test-base, test-arm64" \
-		$(MAKE) --no-print-directory -j2 --output-sync=line test-base test-arm64
+		$(MAKE) --no-print-directory -j2 --output-sync=target test-base test-arm64
 
 # The base install depends on typer-slim 0.21 (no rich): an env made when it depended on typer
 # has typer, which installs the same package directory; uninstall it first, or the two
