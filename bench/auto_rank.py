@@ -169,13 +169,16 @@ def rank(records: Sequence[CandidateRecord]) -> tuple[CandidateRecord, str]:
 
 
 def summary_line(selection: SelectionRecord) -> str:
-    """One line: what was chosen over what, on which CPU."""
+    """One line: what was chosen over what (fastest first, then the failed), on which CPU."""
     by_name = {c.name: c for c in selection.candidates}
     chosen = by_name[selection.chosen]
     figures = [f"{chosen.speedup:.2f}x {BASELINE}" if chosen.speedup is not None else "not measured"]
     if chosen.min_cosine is not None:
         figures.append(f"min cosine {chosen.min_cosine:.4f}")
-    others = [_other(c) for c in selection.candidates if c.name != chosen.name]
+    # the others fastest first, then those that failed, in build order
+    rest = sorted((c for c in selection.candidates if c.name != chosen.name),
+                  key=lambda c: (not c.passed, -(c.speedup or 0.0)))
+    others = [_other(c) for c in rest]
     cpu_flags = [_first(selection.cpu_flags, _INT8_FLAGS), _first(selection.cpu_flags, _BF16_FLAGS)]
     named = ", ".join(flag for flag in cpu_flags if flag)
     return (

@@ -167,7 +167,7 @@ def test_the_summary_line_names_the_choice_the_others_and_the_cpu() -> None:
                _record("int8/avx512", None, passed=False,
                        reason="min cosine 0.9871 < 0.99; mean cosine 0.99700 < 0.998"))
     line = summary_line(_selection(records))
-    assert line == ("auto: chose int8 (1.93x fp32, min cosine 0.9950) over fp32 (1.00x), bf16 (1.40x), "
+    assert line == ("auto: chose int8 (1.93x fp32, min cosine 0.9950) over bf16 (1.40x), fp32 (1.00x), "
                     "int8/avx512 (failed: min cosine 0.9871 < 0.99) on Test CPU (amx_int8)")
 
 
