@@ -8,9 +8,11 @@ What happens to each documented ``embedrt ...`` command:
   documented model path names int8), in a fresh directory holding ``texts.txt``, ``big.txt``,
   ``more.jsonl`` and a ``docs/`` folder of texts: ``embed``, ``similarity`` (without
   ``--reference``), ``info``, ``embed-corpus`` (local engine), ``search`` (on a corpus the test
-  embeds first), and any command with ``--help``. Every ``--model``/``-m`` value and ``info``'s
-  artefact argument become the tiny model; otherwise ``EMBEDRT_MODEL`` points at it. Each must
-  exit 0 with the output its command promises (checked against the Embedder where it is a value).
+  embeds first), ``rerank``, and any command with ``--help``. Every ``--model``/``-m`` value and
+  ``info``'s artefact argument become the tiny model, every ``--reranker``/``--rerank`` value a
+  tiny cross-encoder; otherwise ``EMBEDRT_MODEL`` points at the tiny model; a documented .txt or
+  .jsonl input the directory lacks is written with the test texts. Each must exit 0 with the
+  output its command promises (checked against the Embedder or Reranker where it is a value).
 - **Parsed only**, against the real command's options (click's ``make_context``, strict: an
   unknown command or option, a missing value, an extra argument or a value out of range fails):
   ``export`` (exports a real model with torch, minutes), ``bench`` (minutes of measuring),
@@ -20,7 +22,8 @@ What happens to each documented ``embedrt ...`` command:
   ``--variant auto``, which gates its candidates itself, the CLI refuses the other two).
 - ``python -m embedrt...`` lines: the module must exist and print its ``--help``, and every
   ``--option`` the line shows must be in that help. ``make TARGET`` lines: the target must
-  exist. ``pip install -e '.[extra]'`` lines: the extra must exist in pyproject.toml.
+  exist. ``pip install -e '.[extra]'`` lines: the extra must exist in pyproject.toml. Every
+  command of the CLI has a row in docs/cli.md's table.
 
 Fenced python blocks run in a subprocess with ``EMBEDRT_MODEL`` set to the tiny model, except
 those in :data:`COMPILE_ONLY` (exporting the real model, a client of a running server), which
@@ -38,7 +41,7 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,8 +49,9 @@ from typing import Any
 import numpy as np
 import pytest
 import typer.main
+from _reranker_fixtures import reranker_artefact, tiny_cross_encoders  # noqa: F401  (fixtures by name)
 from embedrt.cli import app
-from embedrt.runtime import Embedder, Manifest, cosine_similarity
+from embedrt.runtime import Embedder, Manifest, Reranker, cosine_similarity
 from embedrt.runtime.home import AUTO_VARIANT
 from typer.testing import CliRunner
 
@@ -208,11 +212,15 @@ def _workspace(root: Path) -> Path:
     return root
 
 
-def _with_tiny_model(words: tuple[str, ...], fp32: Path, int8: Path) -> list[str]:
+def _with_tiny_model(
+    words: tuple[str, ...], fp32: Path, int8: Path, reranker: Callable[[], Path]
+) -> list[str]:
     out = list(words[1:])
     for i, word in enumerate(out):
         if i > 0 and out[i - 1] in {"--model", "-m"}:
             out[i] = str(int8 if "int8" in word else fp32)
+        elif i > 0 and out[i - 1] in {"--reranker", "-r", "--rerank"}:
+            out[i] = str(reranker())
     if out[0] == "info":
         positional = [i for i, w in enumerate(out[1:], 1) if not w.startswith("-")]
         for i in positional:
@@ -223,12 +231,23 @@ def _with_tiny_model(words: tuple[str, ...], fp32: Path, int8: Path) -> list[str
 @pytest.mark.export  # the commands run on tiny models exported in the session
 @pytest.mark.parametrize("command", RUN, ids=_id)
 def test_documented_command_runs_on_a_tiny_model(
-    command: Command, tiny_bert: Path, tiny_bert_int8: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    command: Command, tiny_bert: Path, tiny_bert_int8: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     root = _workspace(tmp_path)
     monkeypatch.chdir(root)
     env = {"EMBEDRT_MODEL": str(tiny_bert), "EMBEDRT_HOME": str(tmp_path / "home")}
-    args = _with_tiny_model(command.words, tiny_bert, tiny_bert_int8)
+
+    def reranker() -> Path:  # a tiny cross-encoder, exported only for a command that names one
+        export: Callable[[str, str], Path] = request.getfixturevalue("reranker_artefact")
+        return export("bert", "fp32")
+
+    args = _with_tiny_model(command.words, tiny_bert, tiny_bert_int8, reranker)
+    for word in [*args[1:], command.stdin or ""]:  # a documented input the workspace lacks: the texts
+        if re.fullmatch(r"[\w./-]+\.(txt|jsonl)", word) and not (root / word).exists():
+            (root / word).parent.mkdir(parents=True, exist_ok=True)
+            lines = [json.dumps({"text": t}) for t in TEXTS] if word.endswith(".jsonl") else TEXTS
+            (root / word).write_text("\n".join(lines) + "\n", encoding="utf-8")
     if args[0] == "search" and "--help" not in args:
         corpus = CliRunner().invoke(app, ["embed-corpus", "docs/", "--out", args[1], "-q"], env=env)
         assert corpus.exit_code == 0, corpus.output
@@ -284,7 +303,19 @@ def _check_output(args: list[str], stdout: bytes, root: Path, stdin: bytes | Non
     elif name == "search":
         scores = [json.loads(line)["score"] for line in stdout.decode().splitlines()]
         assert 0 < len(scores) <= p["k"] and scores == sorted(scores, reverse=True)
-        assert all(-1.0 <= score <= 1.0 + 1e-6 for score in scores)
+        assert p.get("rerank") or all(-1.0 <= score <= 1.0 + 1e-6 for score in scores)
+    elif name == "rerank":
+        documents = ((stdin or b"").decode() if p["documents"] == "-"
+                     else (root / p["documents"]).read_text(encoding="utf-8")).splitlines()
+        ranking = Reranker.load(p["reranker"]).rank(p["query"], documents, top_k=p["top_k"])
+        if p["table"]:
+            rows = stdout.decode().splitlines()[1:]
+            assert [int(row.split()[1]) for row in rows] == [r.index for r in ranking]
+        else:
+            lines = [json.loads(line) for line in stdout.decode().splitlines()]
+            assert [line["index"] for line in lines] == [r.index for r in ranking]
+            scores = [line["score"] for line in lines]
+            np.testing.assert_allclose(scores, [r.score for r in ranking], atol=1e-6)
     else:
         pytest.fail(f"no check of what 'embedrt {name}' promises: add one")
 
@@ -312,6 +343,14 @@ def test_documented_module_exists_with_its_options(command: Command) -> None:
     assert result.returncode == 0, f"{command.where}: python -m {module} --help\n{result.stderr}"
     for option in (w.split("=")[0] for w in command.words[3:] if w.startswith("--")):
         assert option in result.stdout, f"{command.where}: {module} has no option {option}"
+
+
+def test_every_command_is_documented() -> None:
+    from embedrt.cli.app import COMMANDS as CLI_COMMANDS
+
+    reference = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    missing = [name for name in CLI_COMMANDS if f"| `embedrt {name}" not in reference]
+    assert not missing, f"commands docs/cli.md's table does not list: {missing}"
 
 
 def test_documented_make_targets_exist() -> None:
