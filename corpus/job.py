@@ -207,7 +207,7 @@ class Job:
     @property
     def width(self) -> int:
         """Values per stored embedding (ubinary: bytes)."""
-        return code_width(self.options.precision, int(self.record.data["model"]["dim"]))
+        return code_width(self.options.precision, self.record.run.model.dim)
 
     def finish(self, unit: FinishedUnit) -> None:
         """Record a written unit in ``run.json`` (call once per unit, from one thread)."""
@@ -297,7 +297,7 @@ def embed_corpus(
             record.start_session(options.engine, threads, plan.rows, session)
             job.calibration = _precision(job)
             _engine(options.engine)(job)
-            rows = record.data["timings"]["sessions"][-1]["rows"]
+            rows = record.run.timings.sessions[-1].rows
             record.close()
         finally:
             if ids is not None:
@@ -310,14 +310,13 @@ def _precision(job: Job) -> Int8Calibration | None:
 
     Records the precision and the schema in ``run.json``.
     """
-    recorded = job.record.data.get("precision") or {}
+    recorded = job.record.run.precision
     precision = job.options.precision
     calibration = None
     rows = None
     if precision == "int8":
-        if recorded.get("calibration") is not None:
-            calibration = Int8Calibration.from_dict(recorded["calibration"], "run.json precision")
-            rows = recorded["calibration_rows"]
+        if recorded is not None and recorded.calibration is not None:
+            calibration, rows = recorded.calibration, recorded.calibration_rows
         else:
             texts = first_texts(job.plan, job.columns, job.options.calibration_rows, job.ids)
             if not texts:
@@ -341,10 +340,10 @@ def _engine(name: str) -> Callable[[Job], None]:
 
 def _result(record: RunRecord, status: Literal["complete", "already complete"], resumed: int,
             rows: int, started: float) -> CorpusResult:
-    counts = record.data["counts"]
+    counts = record.counts
     return CorpusResult(
-        record.out_dir, status, counts["read"], counts["embedded"], counts["skipped"], counts["truncated"],
-        counts["shards"], resumed, rows, time.monotonic() - started,
+        record.out_dir, status, counts.read, counts.embedded, counts.skipped, counts.truncated,
+        counts.shards, resumed, rows, time.monotonic() - started,
     )
 
 

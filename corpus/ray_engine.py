@@ -173,14 +173,11 @@ def _note_session(job: Job, ray: ModuleType, options: RayOptions, actors: int) -
     ``threads`` is the threads per actor.
     """
     resources = ray.cluster_resources()
-    session = job.record.data["timings"]["sessions"][-1]
-    session["threads"] = options.cpus_per_actor
-    session["engine_options"] = {
+    job.record.note_session(options.cpus_per_actor, {
         "address": options.address, "actors": actors, "cpus_per_actor": options.cpus_per_actor,
         "cluster_cpus": int(resources.get("CPU", 0)), "nodes": len(ray.nodes()),
         "ray_version": ray.__version__,
-    }
-    job.record.save()
+    })
     logger.info("Ray engine: %d actors x %d CPUs for %d units", actors, options.cpus_per_actor,
                 len(job.pending))
 

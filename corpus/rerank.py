@@ -17,7 +17,7 @@ from embedrt.runtime.reranker import Reranker
 from .errors import CorpusError
 from .formats import Columns, records
 from .inputs import InputFile
-from .record import load_record
+from .record import read_run
 from .search import SearchError, SearchHit, search
 
 
@@ -65,14 +65,11 @@ def hit_texts(directory: Path, ids: Sequence[str]) -> dict[str, str]:
     Raises:
         CorpusError: an input file is missing or changed size since the run, or an id is not found.
     """
-    data = load_record(directory)
-    settings = data.get("settings") or {}
-    columns = Columns(settings.get("text_column", "text"), settings.get("id_column"))
+    run = read_run(directory)
+    columns = Columns(run.settings.text_column, run.settings.id_column)
     wanted, found = set(ids), dict[str, str]()
-    for entry in data.get("inputs") or []:
-        source = InputFile(
-            Path(entry["path"]), entry["label"], entry["format"], int(entry["size"]), entry["sha256"]
-        )
+    for entry in run.inputs:
+        source = InputFile(Path(entry.path), entry.label, entry.format, entry.size, entry.sha256)
         if not source.path.is_file() or source.path.stat().st_size != source.size:
             raise CorpusError(
                 f"{source.path}: input of the run at {directory} is missing or changed since it was "

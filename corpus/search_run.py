@@ -1,7 +1,8 @@
 """What search needs from an ``embed-corpus`` run: its ``run.json`` fields and its model.
 
-``run.json`` is read in this one place (through :func:`~embedrt.corpus.record.load_record`,
-which checks the format and the shard entries) and turned into a typed :class:`SearchRun`;
+``run.json`` is read in this one place (its format checked by
+:func:`~embedrt.corpus.record.read_json`, the fields search needs by the typed-record reader)
+and turned into a typed :class:`SearchRun`;
 :func:`query_model_dir` finds the artefact to embed queries with.
 """
 
@@ -10,14 +11,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from embedrt.runtime.errors import ArtefactError, ArtefactNotFoundError, Param
 from embedrt.runtime.manifest import MANIFEST_FILE, sha256_file
 from embedrt.runtime.precision import CalibrationError, Int8Calibration, PrecisionError, check_precision
+from embedrt.runtime.records import RecordError, read_record
 
 from .errors import CorpusError
-from .record import RUN_FILE, load_record
+from .record import RUN_FILE, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +52,48 @@ class SearchRun:
     shards: tuple[Path, ...]
 
 
+@dataclass(frozen=True)
+class _RunModel:
+    name: str
+    variant: str
+    path: str
+    manifest_sha256: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class _RunPrecision:
+    name: str
+    calibration: Int8Calibration | None = None
+
+
+@dataclass(frozen=True)
+class _RunShard:
+    shard: str
+
+
+@dataclass(frozen=True)
+class _SearchFields:
+    """The part of ``run.json`` (:class:`~embedrt.corpus.record.CorpusRun`) search reads."""
+
+    model: _RunModel
+    shards: tuple[_RunShard, ...]
+    status: str = "running"
+    precision: _RunPrecision | None = None
+
+
+class SearchRunError(RecordError, CorpusError):
+    """A field of ``run.json`` that search needs is missing or of the wrong type."""
+
+
 def read_search_run(directory: Path) -> SearchRun:
     """Read what search needs from ``directory/run.json``.
 
     Raises:
         RunNotFoundError: the directory or its ``run.json`` does not exist.
-        CorpusError: ``run.json`` is not a valid run record (see
-            :func:`~embedrt.corpus.record.load_record`), or lacks a field search needs.
+        SearchRunError: a field search needs is missing or mistyped (the message names it).
+        CorpusError: ``run.json`` is not a run record (see
+            :func:`~embedrt.corpus.record.read_json`), or the run has not started embedding.
     """
     run_file = directory / RUN_FILE
     if not run_file.is_file():
@@ -66,72 +102,43 @@ def read_search_run(directory: Path) -> SearchRun:
             f"{directory}: {what}; search reads the output directory of 'embedrt embed-corpus ... --out DIR'"
         )
     try:
-        data = load_record(directory)
+        data = read_json(run_file)
     except CorpusError as err:  # its advice is embed-corpus's (--overwrite); say it for search
         raise CorpusError(
             f"{run_file}: not a readable embedrt corpus run record ({err.__cause__ or err}); "
             "run embed-corpus on the directory again to rebuild it"
         ) from err
-    field = _RunFields(run_file, data)
-    model = field.mapping(data, "model")
-    dim = field.get(model, "dim", int)
-    stored = data.get("precision")
-    if stored is None:
+    fields = read_record(_SearchFields, data, run_file, error=SearchRunError, ignore_unknown=True,
+                         fix="was it written by embed-corpus? Run it on the directory again")
+    if fields.precision is None:
         raise CorpusError(f"{run_file}: the run has not started embedding (no precision recorded yet); "
                           "nothing to search")
-    stored = field.mapping(data, "precision")
+    model, stored = fields.model, fields.precision
     try:
-        precision = check_precision(field.get(stored, "name", str))
-        calibration = None
-        if precision == "int8":
-            calibration = Int8Calibration.from_dict(
-                field.get(stored, "calibration", dict), origin=f"{run_file}: precision.calibration"
-            )
+        precision = check_precision(stored.name)
     except PrecisionError as err:
         raise CorpusError(f"{run_file}: {err}") from err
-    if calibration is not None and calibration.dim != dim:
+    calibration = stored.calibration if precision == "int8" else None
+    if precision == "int8" and calibration is None:
+        raise SearchRunError(str(run_file), "precision.calibration", "missing for an int8 run")
+    if calibration is not None and calibration.dim != model.dim:
         raise CalibrationError(f"{run_file}: the int8 calibration is for dimension {calibration.dim}, "
-                               f"the model's is {dim}")
-    if data.get("status") != "complete":
+                               f"the model's is {model.dim}")
+    if fields.status != "complete":
         logger.warning("%s: the run is not complete; searching its %d finished shards only",
-                       directory, len(field.get(data, "shards", list)))
-    shards = tuple(directory / field.get(entry, "shard", str) for entry in field.get(data, "shards", list))
-    model_path = Path(field.get(model, "path", str))
+                       directory, len(fields.shards))
+    model_path = Path(model.path)
     return SearchRun(
         directory=directory, run_file=run_file,
         model_path=model_path if model_path.is_absolute() else directory / model_path,
-        model_name=field.get(model, "name", str), variant=field.get(model, "variant", str),
-        manifest_sha256=field.get(model, "manifest_sha256", str), dim=dim, precision=precision,
-        calibration=calibration, shards=shards,
+        model_name=model.name, variant=model.variant, manifest_sha256=model.manifest_sha256,
+        dim=model.dim, precision=precision, calibration=calibration,
+        shards=tuple(directory / entry.shard for entry in fields.shards),
     )
 
 
 class RunNotFoundError(CorpusError, FileNotFoundError):
     """The directory searched holds no ``run.json``."""
-
-
-class _RunFields:
-    """Typed access to run.json's fields, naming the file and field in errors."""
-
-    def __init__(self, run_file: Path, data: Any) -> None:  # parsed JSON
-        self.run_file = run_file
-        if not isinstance(data, dict):
-            raise CorpusError(f"{run_file}: expected a JSON object, got {type(data).__name__}")
-
-    def mapping(self, data: Any, name: str) -> dict[str, Any]:  # parsed JSON
-        value: dict[str, Any] = self.get(data, name, dict)
-        return value
-
-    def get(self, data: Any, name: str, kind: type) -> Any:  # parsed JSON, checked against kind
-        if not isinstance(data, dict) or name not in data:
-            raise CorpusError(
-                f"{self.run_file}: field {name!r} is missing; was this written by embed-corpus?"
-            )
-        value = data[name]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise CorpusError(f"{self.run_file}: field {name!r} must be a {kind.__name__}, "
-                              f"got {type(value).__name__}")
-        return value
 
 
 def query_model_dir(run: SearchRun, model: str | Path | None = None) -> Path:

@@ -52,6 +52,7 @@ def read_record(
     *,
     error: type[RecordError] = RecordError,
     fix: str = "",
+    ignore_unknown: bool = False,
 ) -> RecordT:
     """Build the dataclass ``cls`` from parsed JSON ``data``, checking every field.
 
@@ -65,12 +66,14 @@ def read_record(
         file: where ``data`` came from; every message starts with it.
         error: the :class:`RecordError` subclass to raise (so a caller's own ``except`` works).
         fix: advice appended to every message (``re-export the model ...``).
+        ignore_unknown: skip keys the dataclasses have no field for, at every level (for a
+            reader that needs part of a record another module writes and checks in full).
 
     Raises:
         RecordError: (or ``error``) a missing, unknown or mistyped field, naming ``file`` and
             the field's path.
     """
-    reader = _Reader(str(file), error, fix)
+    reader = _Reader(str(file), error, fix, ignore_unknown)
     value: RecordT = reader.record(cls, data, "")
     return value
 
@@ -105,10 +108,11 @@ def _describe(value: object) -> str:
 class _Reader:
     """One :func:`read_record` call: the file, the error class and the advice."""
 
-    def __init__(self, file: str, error: type[RecordError], fix: str) -> None:
+    def __init__(self, file: str, error: type[RecordError], fix: str, ignore_unknown: bool) -> None:
         self.file = file
         self.error = error
         self.fix = fix
+        self.ignore_unknown = ignore_unknown
 
     def fail(self, path: str, problem: str) -> RecordError:
         return self.error(self.file, path, f"{problem}; {self.fix}" if self.fix else problem)
@@ -118,7 +122,7 @@ class _Reader:
             raise self.fail(path, f"expected a JSON object ({cls.__name__}), got {_describe(data)}")
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         unknown = [key for key in data if key not in fields]
-        if unknown:
+        if unknown and not self.ignore_unknown:
             raise self.fail(
                 _join(path, str(unknown[0])),
                 f"unknown field (a {cls.__name__} has {', '.join(fields)})",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
@@ -116,6 +117,19 @@ def test_missing_and_unknown_top_level_fields() -> None:
         read_record(Outer, {**GOOD, "nmae": "m"}, "f.json")
 
 
+def test_unknown_fields_ignored_on_request_at_every_level() -> None:
+    data = {"weight_type": "s8", "later": 1}
+    assert read_record(Inner, data, "f.json", ignore_unknown=True) == Inner("s8")
+
+    @dataclass(frozen=True)
+    class Part:
+        inner: Inner
+
+    assert read_record(Part, {"inner": data, "more": []}, "f.json", ignore_unknown=True) == Part(Inner("s8"))
+    with pytest.raises(RecordError, match=r"^f\.json: inner\.later: unknown field"):
+        read_record(Part, {"inner": data}, "f.json")
+
+
 def test_not_an_object_names_the_file() -> None:
     expected = r"^f\.json: expected a JSON object \(Outer\), got \[1, 2\]$"
     with pytest.raises(RecordError, match=expected) as caught:
@@ -157,3 +171,47 @@ def test_record_json_refuses_non_records() -> None:
         record_json({"a": 1})
     with pytest.raises(TypeError, match="dataclass instance"):
         record_json(Inner)
+
+
+def _run_json() -> dict[str, Any]:
+    """A finished float32 run.json as embed-corpus writes it (one input, one shard)."""
+    return {
+        "format": "embedrt-corpus-run", "version": 1, "status": "complete", "embedrt_version": "0.1.0",
+        "model": {"name": "tiny", "variant": "fp32", "path": "/m", "manifest_sha256": "ab" * 32, "dim": 4,
+                  "max_seq_length": 24},
+        "inputs": [{"label": "a.txt", "path": "/in/a.txt", "format": "txt", "size": 5, "sha256": "cd" * 32}],
+        "settings": {"text_column": "text", "id_column": None, "precision": "float32", "rows_per_shard": 10,
+                     "chunk_rows": 10, "batch_size": 32, "max_batch_tokens": 1024, "calibration_rows": None,
+                     "on_bad_row": "fail"},
+        "precision": {"name": "float32", "width": 4, "calibration": None, "calibration_rows": None},
+        "schema": {"id": "string"},
+        "counts": {"rows": 1, "read": 1, "embedded": 1, "skipped": 0, "truncated": 0, "shards": 1},
+        "shards": [{"name": "part-00000-000000", "input": 0, "index": 0, "first_row": 1, "rows_read": 1,
+                    "embedded": 1, "skipped": 0, "truncated": 0, "shard": "shards/part-00000-000000.parquet",
+                    "bytes": 10, "sha256": "ef" * 32}],
+        "timings": {"started_at": "t", "finished_at": "t", "seconds": 0.5, "sessions": [
+            {"started_at": "t", "engine": "local", "engine_options": {"processes": 1}, "threads": 2,
+             "rows": 1, "seconds": 0.5}]},
+    }
+
+
+def test_corpus_run_json_round_trips_and_names_a_wrong_field(tmp_path: Path) -> None:
+    from embedrt.corpus.errors import CorpusError
+    from embedrt.corpus.record import CorpusRun, load_record, read_run
+    from embedrt.corpus.search_run import SearchRunError, read_search_run
+
+    (tmp_path / "run.json").write_text(json.dumps(_run_json()))
+    run = read_run(tmp_path)
+    assert isinstance(run, CorpusRun) and run.model.dim == 4 and run.timings.sessions[0].threads == 2
+    assert run.shards[0].shard == "shards/part-00000-000000.parquet" and run.precision is not None
+    assert load_record(tmp_path) == _run_json()  # written back key for key
+
+    broken = _run_json()
+    broken["model"]["dim"] = "4"
+    (tmp_path / "run.json").write_text(json.dumps(broken))
+    with pytest.raises(CorpusError, match=r"run\.json: not a readable embedrt corpus run record "
+                       r"\(model\.dim: expected int, got '4'\)"):
+        read_run(tmp_path)
+    with pytest.raises(SearchRunError) as caught:  # search reads the same field, by the same helper
+        read_search_run(tmp_path)
+    assert (caught.value.file, caught.value.field) == (str(tmp_path / "run.json"), "model.dim")
