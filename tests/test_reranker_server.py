@@ -118,3 +118,14 @@ def test_a_pair_over_the_limit_with_truncation_off_is_a_422(client: Any) -> None
     assert response.status_code == 422, response.text
     assert "truncate" in response.json()["error"]["message"]
     assert client.post("/rerank", json={"query": QUERY, "texts": [long]}).status_code == 200
+
+
+def test_the_cohere_client_reranks_through_v1_rerank(client: Any, artefact: Path) -> None:
+    cohere = pytest.importorskip("cohere", reason="the Cohere client is not installed")
+    expected = Reranker.load(artefact).rank(QUERY, DOCUMENTS)
+    co = cohere.Client(base_url=str(client.base_url).rstrip("/"), api_key="unused")
+    response = co.rerank(model="embedrt", query=QUERY, documents=DOCUMENTS, top_n=3)
+    assert [r.index for r in response.results] == [r.index for r in expected[:3]]
+    np.testing.assert_allclose(
+        [r.relevance_score for r in response.results], [r.score for r in expected[:3]], atol=1e-6
+    )
