@@ -46,10 +46,10 @@ def test_unreadable_json(copy: Path) -> None:
     ("change", "message"),
     [
         (lambda d: d.update(schema_version=99), "schema_version 99 is not supported"),
-        (lambda d: d.pop("dim"), r"manifest.json: field 'dim' is missing \(required\)"),
-        (lambda d: d.update(dim="384"), "manifest.json: field 'dim' should be an integer, got str"),
-        (lambda d: d.update(pooling="weighted"), "field 'pooling': 'weighted' is not one of mean, cls, max"),
-        (lambda d: d.update(max_seq_length=0), "'max_seq_length' must be positive"),
+        (lambda d: d.pop("dim"), r"manifest.json: dim: missing \(required\); re-export"),
+        (lambda d: d.update(dim="384"), "manifest.json: dim: expected int, got '384'"),
+        (lambda d: d.update(pooling="weighted"), "manifest.json: pooling: 'weighted' is not one of mean"),
+        (lambda d: d.update(max_seq_length=0), "manifest.json: max_seq_length: must be positive, got 0"),
     ],
 )
 def test_invalid_manifest(copy: Path, change: Callable[[dict], None], message: str) -> None:

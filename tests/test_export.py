@@ -139,7 +139,7 @@ def test_manifest_fields_are_checked_on_load(tiny_bert: Path, tmp_path: Path) ->
     data = json.loads((tiny_bert / "manifest.json").read_text())
     data["parity"]["passed"] = "yes"
     with pytest.raises(
-        ArtefactError, match=r"manifest.json: field 'parity.passed' should be true or false, got str"
+        ArtefactError, match=r"manifest.json: parity.passed: expected bool, got 'yes'"
     ):
         Manifest.from_dict(data, str(tmp_path / "manifest.json"))
 

@@ -215,3 +215,22 @@ def test_corpus_run_json_round_trips_and_names_a_wrong_field(tmp_path: Path) -> 
     with pytest.raises(SearchRunError) as caught:  # search reads the same field, by the same helper
         read_search_run(tmp_path)
     assert (caught.value.file, caught.value.field) == (str(tmp_path / "run.json"), "model.dim")
+
+
+@pytest.mark.export
+def test_a_real_exported_manifest_round_trips_and_names_a_nested_field(tiny_bert_int8: Path) -> None:
+    from embedrt.runtime.manifest import Manifest, ManifestFieldError
+
+    path = tiny_bert_int8 / "manifest.json"
+    raw = json.loads(path.read_text())
+    manifest = Manifest.from_dict(raw, str(path))
+    assert manifest.recipe.quantisation is not None and manifest.recipe.quantisation.settings
+    assert json.loads(json.dumps(manifest.to_dict())) == raw  # written back key for key
+    assert Manifest.from_dict(json.loads(json.dumps(manifest.to_dict())), str(path)) == manifest
+
+    raw["recipe"]["quantisation"]["weight_type"] = 3
+    with pytest.raises(ManifestFieldError) as caught:
+        Manifest.from_dict(raw, str(path))
+    expected = f"{path}: recipe.quantisation.weight_type: expected str, got 3; re-export"
+    assert str(caught.value).startswith(expected)
+    assert isinstance(caught.value, ArtefactError) and caught.value.field == "recipe.quantisation.weight_type"
