@@ -45,7 +45,6 @@ def _spearman_x100(vectors: np.ndarray, gold: list[float]) -> float:
 
 def test_int8_fidelity_on_stsb_dev(
     mpnet_int8: Path,
-    mpnet_fp32: Path,
     texts: list[str],
     torch_vectors: Any,
     stsb_dev: tuple[list[tuple[str, str]], list[float]],
@@ -55,9 +54,9 @@ def test_int8_fidelity_on_stsb_dev(
     assert record.settings["activation_scales"] == "per-token"  # static scales measured too coarse here
     int8 = Embedder.load(mpnet_int8).embed(texts)
     cosines = row_cosines(int8, torch_vectors)
-    drop = _spearman_x100(Embedder.load(mpnet_fp32).embed(texts), stsb_dev[1]) - _spearman_x100(
-        int8, stsb_dev[1]
-    )
+    # fp32's Spearman from the torch vectors: the fp32 artefact equals them (its export gate),
+    # and embedding the 3,000 sentences again with it would only repeat that
+    drop = _spearman_x100(torch_vectors, stsb_dev[1]) - _spearman_x100(int8, stsb_dev[1])
     print(
         f"\nall-mpnet-base-v2 int8 vs torch on STS-B dev: min {cosines.min():.4f} mean {cosines.mean():.5f}; "
         f"Spearman drop {drop:.3f}; {(mpnet_int8 / 'model.onnx').stat().st_size / 1e6:.1f} MB"
