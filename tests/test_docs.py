@@ -23,7 +23,8 @@ What happens to each documented ``embedrt ...`` command:
 - ``python -m embedrt...`` lines: the module must exist and print its ``--help``, and every
   ``--option`` the line shows must be in that help. ``make TARGET`` lines: the target must
   exist. ``pip install -e '.[extra]'`` lines: the extra must exist in pyproject.toml. Every
-  command of the CLI has a row in docs/cli.md's table.
+  command of the CLI has a row in docs/cli.md's table, and docs/layout.md's import directions
+  are the ones tests/test_boundary.py enforces.
 
 Fenced python blocks run in a subprocess with ``EMBEDRT_MODEL`` set to the tiny model, except
 those in :data:`COMPILE_ONLY` (exporting the real model, a client of a running server), which
@@ -34,6 +35,7 @@ no page tells project history (:data:`HISTORY`).
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -351,6 +353,24 @@ def test_every_command_is_documented() -> None:
     reference = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
     missing = [name for name in CLI_COMMANDS if f"| `embedrt {name}" not in reference]
     assert not missing, f"commands docs/cli.md's table does not list: {missing}"
+
+
+def test_layout_page_states_the_import_directions_the_boundary_test_checks() -> None:
+    spec = importlib.util.spec_from_file_location("_boundary_for_docs", REPO / "tests" / "test_boundary.py")
+    assert spec is not None and spec.loader is not None
+    boundary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(boundary)
+    allowed: dict[str, set[str]] = boundary.ALLOWED
+    page = (REPO / "docs" / "layout.md").read_text(encoding="utf-8")
+    documented = {}
+    for package, imports in re.findall(r"^\| `embedrt\.(\w+)` \| ([^|]*?) \|$", page, re.MULTILINE):
+        if imports == "everything":
+            documented[package] = set(allowed) - {package}
+        elif imports == "nothing of embedrt":
+            documented[package] = set()
+        else:
+            documented[package] = set(re.findall(r"`(\w+)`", imports))
+    assert documented == allowed
 
 
 def test_documented_make_targets_exist() -> None:
