@@ -193,15 +193,18 @@ def test_the_profile_refuses_an_artefact_onnxruntime_does_not_run(tiny_bert_bf16
 def test_the_openvino_int8_attempts_script_measures_every_form(
     tiny_bert: Path, tiny_bert_int8: Path, tiny_bert_bf16: Path, tmp_path: Path
 ) -> None:
-    """bench/openvino_int8.py --quick on the tiny BERT: every form measured, the table written."""
-    from embedrt.bench import openvino_int8
+    """bench/studies/openvino_int8.py --quick on the tiny BERT: every form measured, the table written."""
+    from embedrt.bench.studies import openvino_int8
 
     out = tmp_path / "out"
     openvino_int8.main(["--out", str(out), "--fp32", str(tiny_bert), "--int8", str(tiny_bert_int8),
                         "--bf16", str(tiny_bert_bf16), "--quick"])
     results = json.loads((out / "results.json").read_text())["results"]
     assert list(results)[:2] == ["embedrt int8 (onnxruntime)", "embedrt bf16 (OpenVINO)"]
-    assert len(results) == 6
+    # the two embedrt artefacts, NNCF's four forms, and embedrt's own decisions as five QDQ forms
+    qdq = [figures for name, figures in results.items() if "QDQ" in name]
+    assert len(results) == 11 and len(qdq) == 5
+    assert all(int(figures["int8_kernels"].split("/")[0]) > 0 for figures in qdq)  # compiled to int8
     for name, figures in results.items():
         assert -1.0 <= figures["cos_min"] <= figures["cos_mean"] <= 1.0 + 1e-6, name
         assert all(figures["speed"][bucket] > 0 for bucket in ("short", "medium", "long", "b1_p50_ms"))

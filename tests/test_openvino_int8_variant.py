@@ -1,6 +1,6 @@
 """embedrt's int8 decisions as a QDQ graph that OpenVINO compiles (export/quantize/qdq.py).
 
-The study form of ``bench/openvino_int8.py``; not an export variant: on all-MiniLM-L6-v2 it
+The study form of ``bench/studies/openvino_int8.py``; not an export variant: on all-MiniLM-L6-v2 it
 keeps the fidelity gate but not batch invariance on OpenVINO (bench/results/openvino-int8).
 A tiny BERT built in the session: the QDQ graph's structure (which MatMul reads which
 QuantizeLinear/DequantizeLinear pair), OpenVINO turning it into int8 kernels, and its vectors
@@ -80,7 +80,7 @@ def test_every_matmul_has_the_expected_qdq_nodes(qdq_graph: tuple[Path, Any]) ->
 
 
 def test_openvino_compiles_the_qdq_inputs_to_int8_kernels(qdq_graph: tuple[Path, Any]) -> None:
-    from embedrt.bench.openvino_int8 import int8_kernels
+    from embedrt.bench.studies.openvino_int8 import int8_kernels
 
     path, record = qdq_graph
     int8, total = (int(x) for x in int8_kernels(path, "f32", {}).split("/"))

@@ -21,7 +21,7 @@ standard ONNX ops only:
 The engine (OpenVINO's low-precision transformations) turns each activation QDQ pair and
 weight DequantizeLinear around a MatMul into an int8 kernel. onnx is imported inside functions.
 
-Measured on all-MiniLM-L6-v2 (bench/openvino_int8.py, bench/results/openvino-int8): OpenVINO
+Measured on all-MiniLM-L6-v2 (bench/studies/openvino_int8.py, bench/results/openvino-int8): OpenVINO
 runs every static QDQ MatMul in int8 and keeps the fidelity gate, but not batch invariance
 (0.9995-0.9999 against the gate's 0.99999): its float kernels round differently at some batch
 shapes (the float graph at bf16 already differs by 8e-6), and a static quantiser turns such a

@@ -1,6 +1,6 @@
 """Could OpenVINO run embedrt's int8 faster at embedrt's fidelity? The attempts, measured in one run.
 
-    python -m embedrt.bench.openvino_int8 --out DIR [--fp32 DIR] [--int8 DIR] [--bf16 DIR]
+    python -m embedrt.bench.studies.openvino_int8 --out DIR [--fp32 DIR] [--int8 DIR] [--bf16 DIR]
         [--forms qdq,nncf] [--quick]
 
 OpenVINO + NNCF int8 is the fastest peer of ``embedrt bench`` on CPUs without AMX, but it
@@ -39,13 +39,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
-from .context import run_context
-from .peers import openvino_embedder
-from .quality import batch_invariance, cosine_stats
-from .speed import latency, throughput
-from .systems import EmbedrtSystem, SystemSpec
-from .workloads import SHIPPED_STS, build_workload, read_sts, token_counts
+from embedrt.bench.context import run_context
+from embedrt.bench.peers import openvino_embedder
+from embedrt.bench.quality import batch_invariance, cosine_stats
+from embedrt.bench.speed import latency, throughput
+from embedrt.bench.systems import EmbedrtSystem, SystemSpec
+from embedrt.bench.workloads import SHIPPED_STS, build_workload, read_sts, token_counts
 
 logger = logging.getLogger("openvino_int8")
 THREADS = 2
