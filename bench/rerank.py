@@ -23,6 +23,7 @@ import json
 import logging
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -242,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.queries,
         args.threads or usable_cpus(),
         args.rounds,
-        argv=["python -m embedrt.bench.rerank", *(argv or [])],
+        argv=["python -m embedrt.bench.rerank", *(sys.argv[1:] if argv is None else argv)],
     )
     for path in write(results, args.out):
         logger.warning("wrote %s", path)

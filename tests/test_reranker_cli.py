@@ -101,3 +101,37 @@ def test_search_rerank_reorders_the_candidates_by_the_cross_encoder(
     assert all(line["text"] == texts[int(line["id"][3:])] for line in lines)
     assert all(abs(line["cosine"] - by_id[line["id"]]) < 1e-6 for line in lines)
     assert [line["score"] for line in lines] == sorted((line["score"] for line in lines), reverse=True)
+
+
+def test_the_rerank_benchmark_runs_and_writes_its_report(
+    tmp_path: Path, tiny_cross_encoders: dict[str, Path], reranker_artefact: Callable[[str, str], Path]
+) -> None:
+    from embedrt.bench.rerank import main
+
+    out = tmp_path / "rerank"
+    main(
+        [
+            "--model",
+            str(tiny_cross_encoders["bert"]),
+            "--artefact",
+            f"fp32={reranker_artefact('bert', 'fp32')}",
+            "--artefact",
+            f"int8={reranker_artefact('bert', 'int8')}",
+            "--queries",
+            "4",
+            "--threads",
+            "1",
+            "--rounds",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    results = json.loads((out / "rerank.json").read_text())
+    assert results["data"]["pairs"] == 4 * 20 and results["data"]["queries"] == 4
+    assert results["fidelity_to_torch"]["embedrt-fp32"]["max_abs_diff"] <= 1e-4
+    assert results["fidelity_to_torch"]["embedrt-fp32"]["identical_rankings"] == 1.0
+    assert results["invariance"]["int8"] >= 0.99999
+    assert set(results["pairs_per_second_batch32"]) >= {"torch", "embedrt-fp32", "embedrt-int8"}
+    assert "--queries 4" in results["context"]["command"]
+    assert "| embedrt-int8 |" in (out / "rerank.md").read_text()
