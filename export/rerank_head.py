@@ -155,7 +155,10 @@ def append_head(model: ModelProto, steps: list[HeadStep]) -> ModelProto:
             )
         else:
             raise SourceModelError(f"head step {step.kind} {step.name!r} cannot be written as ONNX")
-    nodes.append(helper.make_node("Identity", [x], [LOGITS], name="head/logits"))
+    if nodes and nodes[-1].output[0] == x:  # the last step writes ``logits`` itself: an Identity
+        nodes[-1].output[0] = LOGITS  # would give the tensor two names, and OpenVINO reports either
+    else:
+        nodes.append(helper.make_node("Identity", [x], [LOGITS], name="head/logits"))
     graph.node.extend(nodes)
     graph.initializer.extend(inits)
     del graph.output[:]

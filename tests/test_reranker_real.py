@@ -100,3 +100,18 @@ def test_long_pair_is_truncated_as_the_torch_tokenizer_does(
         assert encoding.ids == expected["input_ids"] and encoding.type_ids == expected["token_type_ids"]
         assert len(encoding.ids) == 128
     np.testing.assert_allclose(reranker.predict(pair), model.predict(pair), atol=1e-4)
+
+
+def test_bf16_on_openvino_keeps_the_ranking(
+    reranker_artefact: Callable[[str, str], Path],  # noqa: F811
+    groups: list[tuple[str, list[str]]],
+    torch_scores: np.ndarray,
+) -> None:
+    pytest.importorskip("openvino", reason="the bf16 variant runs on OpenVINO (the [openvino] extra)")
+    from embedrt.export.rerank_parity import agreement
+
+    reranker = Reranker.load(reranker_artefact("stsb", "bf16"))
+    scores = reranker.predict([(q, d) for q, docs in groups for d in docs])
+    figures = agreement(torch_scores, scores, _positions(groups))
+    assert figures.max_abs_diff <= 3e-2 and figures.spearman >= 0.999, figures.summary()
+    assert figures.mean_top_k_agreement >= 0.97, figures.summary()
