@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from embedrt.export.quantize.recipe import ISAS, detect_isa, recipe_for, required_cpu_flags
+from embedrt.export.quantize.recipe import candidate_recipes
 from embedrt.export.variants import BUILD_BF16, BUILD_QUANTISED, VARIANTS, Variant
 from embedrt.runtime.backends import BF16_CPU_FLAGS, OPENVINO
 from embedrt.runtime.manifest import CandidateRecord, SelectionRecord
@@ -62,19 +62,18 @@ class Candidate:
 def candidates(
     flags: Collection[str],
     openvino_installed: bool,
-    isa: str | None = None,
     gate: FidelityGate = FidelityGate(),
 ) -> list[Candidate]:
     """The candidates worth building on a CPU with ``flags``, fp32 first.
-
-    ``isa`` is the int8 target of this CPU (None: detected).
 
     Every variant whose own export gate is at least the int8 gate's min cosine (so not
     ``int8-edge`` or ``int4-edge``, which trade fidelity for size), that this CPU can run:
     OpenVINO variants only with the [openvino] extra, ``bf16`` only with bf16 arithmetic in
     hardware (:data:`~embedrt.runtime.backends.BF16_CPU_FLAGS`; emulated bf16 is slower than
-    fp32). A quantised variant is built with this CPU's recipe, plus each other target's recipe
-    this CPU supports that writes a different graph (on a VNNI CPU: the u8-weight form).
+    fp32). A quantised variant is built with each recipe
+    :func:`~embedrt.export.quantize.recipe.candidate_recipes` names for these flags: on a CPU
+    with VNNI (or AMX) the one s8 recipe; without it, u8 weights and 7-bit s8 weights, whose
+    speed and fidelity differ by CPU.
     """
     found = [Candidate(BASELINE, BASELINE)]
     for variant in VARIANTS.values():
@@ -83,7 +82,7 @@ def candidates(
         if not _runs_here(variant, frozenset(flags), openvino_installed):
             continue
         if variant.build == BUILD_QUANTISED:
-            found += _quantised(variant.name, frozenset(flags), isa or detect_isa())
+            found += _quantised(variant.name, frozenset(flags))
         else:
             found.append(Candidate(variant.name, variant.name))
     return found
@@ -95,18 +94,13 @@ def _runs_here(variant: Variant, flags: frozenset[str], openvino_installed: bool
     return variant.build != BUILD_BF16 or bool(flags & BF16_CPU_FLAGS)
 
 
-def _quantised(variant: str, flags: frozenset[str], own: str) -> list[Candidate]:
-    """The recipe for ``own`` first, then other supported targets whose graph differs."""
-    found = [Candidate(variant, variant, own)]
-    seen = [replace(recipe_for(variant, own), target_isa="")]
-    for isa in ISAS:
-        if isa == own or not set(required_cpu_flags(isa)) <= flags:
-            continue
-        recipe = replace(recipe_for(variant, isa), target_isa="")
-        if recipe not in seen:  # avx_vnni writes avx512_vnni's graph, avx2 avx512's
-            seen.append(recipe)
-            found.append(Candidate(f"{variant}/{isa}", variant, isa))
-    return found
+def _quantised(variant: str, flags: frozenset[str]) -> list[Candidate]:
+    """This CPU's recipe first (labelled ``variant``), then the others (``variant/isa``)."""
+    recipes = candidate_recipes(variant, flags)
+    return [
+        Candidate(variant if i == 0 else f"{variant}/{r.target_isa}", variant, r.target_isa)
+        for i, r in enumerate(recipes)
+    ]
 
 
 def gate_failures(
