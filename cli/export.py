@@ -38,9 +38,11 @@ def command(
     check: Annotated[bool, typer.Option(help="Check parity against torch.")] = True,
     isa: Annotated[
         str | None,
-        typer.Option(help="x86 CPU a quantised recipe targets: avx512_vnni, avx_vnni, avx512, avx2. "
-                     "Default: this machine's. arm64 runs the avx512_vnni file (what an ARM "
-                     "machine exports): one int8 file serves x86 with VNNI and arm64."),
+        typer.Option(help="x86 CPU a quantised recipe targets: avx512_vnni, avx_vnni, avx512, avx2, or "
+                     "avx2_reduced (7-bit s8 weights for CPUs without VNNI: no saturation, less "
+                     "accurate; never detected). Default: this machine's. arm64 runs the "
+                     "avx512_vnni file (what an ARM machine exports): one int8 file serves x86 "
+                     "with VNNI and arm64."),
     ] = None,
     min_cosine: Annotated[
         float | None,

@@ -67,7 +67,7 @@ def command(
     Routes: /v1/embeddings, /embed, /similarity, /tokenize, /health, /info, /metrics and
     /openapi.json. Every option also reads an EMBEDRT_* variable.
 
-    Example: embedrt serve --port 8080   (the default model: int8 if exported, else fp32)
+    Example: embedrt serve --port 8080   (the default model: auto, else int8, else fp32, as exported)
     """
     config = ServerConfig(
         model_dir=model, host=host, port=port, threads=threads, max_inputs=max_inputs,
