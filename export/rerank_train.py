@@ -15,6 +15,7 @@ warm-up and decay, seeded. About a minute on 2 CPUs. torch is imported inside th
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Sequence
@@ -125,12 +126,37 @@ def train_stsb_cross_encoder(
     _train(model, split.train, seed)
     out.mkdir(parents=True, exist_ok=True)
     model.save(str(out))
-    (out / TRAINED_MARKER).write_text(
-        f'{{"train_pairs": {len(split.train)}, "held_out_pairs": {len(split.held_out)}, '
-        f'"split_seed": {SPLIT_SEED}, "seed": {seed}, "epochs": {EPOCHS}, '
-        f'"batch_size": {BATCH_SIZE}, "max_length": {MAX_LENGTH}}}\n'
-    )
+    record = {
+        "train_pairs": len(split.train),
+        "held_out_pairs": len(split.held_out),
+        **training_settings(seed),
+    }
+    (out / TRAINED_MARKER).write_text(json.dumps(record) + "\n")
     return out
+
+
+def training_settings(seed: int = TRAIN_SEED) -> dict[str, int | float]:
+    """Every setting that decides the trained model (recorded in its folder's marker file)."""
+    return {
+        "split_seed": SPLIT_SEED,
+        "seed": seed,
+        "epochs": EPOCHS,
+        "batch_size": BATCH_SIZE,
+        "max_length": MAX_LENGTH,
+        "learning_rate": LEARNING_RATE,
+    }
+
+
+def trained_with_current_settings(folder: Path) -> bool:
+    """Whether ``folder`` holds a model this module trained with today's settings (a cache check)."""
+    marker = Path(folder) / TRAINED_MARKER
+    if not marker.is_file():
+        return False
+    try:
+        recorded = json.loads(marker.read_text(encoding="utf-8"))
+    except ValueError:
+        return False
+    return isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in training_settings().items())
 
 
 def _train(model: object, pairs: Sequence[ScoredPair], seed: int) -> None:

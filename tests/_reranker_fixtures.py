@@ -76,10 +76,11 @@ def tiny_cross_encoders(tmp_path_factory: pytest.TempPathFactory, tiny_models: M
 @pytest.fixture(scope="session")
 def stsb_cross_encoder(artefact_root: Path) -> Path:
     """all-MiniLM-L6-v2 trained as a cross-encoder on half the STS-B dev pairs (cached per session)."""
+    from embedrt.export.rerank_train import trained_with_current_settings
+
     target = artefact_root / "stsb-cross-encoder"
-    from_marker = (target / "embedrt-training.json").is_file()
-    if from_marker and os.environ.get("EMBEDRT_TEST_ARTEFACTS"):
-        return target  # trained by an earlier session into the shared folder: same seed, same model
+    if os.environ.get("EMBEDRT_TEST_ARTEFACTS") and trained_with_current_settings(target):
+        return target  # trained by an earlier session into the shared folder: same settings, same model
     if not HAS_EXPORT:
         pytest.skip("training the cross-encoder needs the [export] extra")
     from embedrt.export.cross_encoder import train_stsb_cross_encoder
