@@ -124,7 +124,8 @@ class Embedder:
 
         Raises:
             ArtefactNotFoundError: the directory or one of its files is missing.
-            ArtefactError: the manifest is invalid, or a file does not match it.
+            ArtefactError: the manifest is invalid, the artefact is not an embedding model (a
+                reranker's), or a file does not match it.
             MissingExtraError: the artefact's engine is OpenVINO and it is not installed.
             ConfigurationError: ``threads``, ``batch_size``, ``pad_to_multiple_of`` or
                 ``max_batch_tokens`` is not a positive integer, or ``truncate_dim`` is not in
@@ -132,6 +133,11 @@ class Embedder:
         """
         directory = Path(path)
         manifest = Manifest.load(directory)
+        if manifest.task != "embed":
+            raise ArtefactError(
+                f"{directory}: a {manifest.task!r} artefact (a cross-encoder), not an embedding "
+                "model; load it with Reranker.load, or serve it with --reranker"
+            )
         check_truncate_dim(truncate_dim, manifest.dim)
         _check_positive(
             threads=threads, batch_size=batch_size, pad_to_multiple_of=pad_to_multiple_of,

@@ -230,6 +230,20 @@ def test_bench_missing_artefact(tmp_path: Path) -> None:
                           "no such artefact directory")
 
 
+# --- rerank -----------------------------------------------------------------------------------
+
+
+def test_rerank_refuses_an_embedding_artefact(tiny_bert: Path, tmp_path: Path) -> None:
+    documents = tmp_path / "docs.txt"
+    documents.write_text("the cat\nthe dog\n")
+    assert_one_line_error(run_cli("rerank", "a cat", str(documents), "--reranker", str(tiny_bert)),
+                          "not a reranker")
+
+
+def test_rerank_bad_option_value(tmp_path: Path) -> None:
+    assert_usage_error(run_cli("rerank", "q", "-", "--reranker", str(tmp_path), "--top-k", "0"), "--top-k")
+
+
 def test_every_command_is_covered_here() -> None:
     from embedrt.cli.app import COMMANDS
 

@@ -148,6 +148,13 @@ def test_an_embedding_artefact_is_not_a_reranker(tiny_bert: Path) -> None:
         Reranker.load(tiny_bert)
 
 
+def test_a_reranker_is_not_an_embedding_model(reranker_artefact: Callable[[str, str], Path]) -> None:
+    from embedrt.runtime import Embedder
+
+    with pytest.raises(ArtefactError, match="'rerank' artefact .* not an embedding model; load it with"):
+        Embedder.load(reranker_artefact("bert", "fp32"))
+
+
 def test_training_split_is_fixed_and_disjoint() -> None:
     from _reranker_fixtures import STSB_DEV
     from embedrt.export.rerank_train import split_stsb
