@@ -93,6 +93,12 @@ def command(
         typer.Option(help="Instead of comparing systems: onnxruntime's per-operator profile of each "
                      "artefact and a roofline against GEMM peaks measured here (profile.json, profile.md)."),
     ] = False,
+    reranker: Annotated[
+        Path | None,
+        typer.Option(help="Instead of embedders: rerankers. The sentence-transformers CrossEncoder "
+                     "folder they were exported from; the --model artefacts (reranker exports) are "
+                     "measured against it on torch over held-out STS-B queries (rerank.json, rerank.md)."),
+    ] = None,
 ) -> None:
     """Benchmark embedrt artefacts against sentence-transformers (torch) and fastembed.
 
@@ -111,6 +117,9 @@ def command(
     from embedrt.runtime.cpus import usable_cpus
 
     started = time.perf_counter()
+    if reranker is not None:
+        _rerank(reranker, model or [], out, threads or usable_cpus(), quick)
+        return
     if models is None:
         models = models_dir() / default_model_name()
     artefacts = tuple(discover_artefacts(models if models.is_dir() else None, model or []))
@@ -135,6 +144,22 @@ def command(
             typer.echo(f"skipped {status['name']}: {status['reason']}", err=True)
     typer.echo(f"bench finished in {results['context']['wall_seconds']:.0f} s: "
                + ", ".join(str(p) for p in paths))
+
+
+def _rerank(source: Path, artefacts: list[Path], out: Path, threads: int, quick: bool) -> None:
+    """``--reranker``: the reranker artefacts against their CrossEncoder on torch."""
+    require("export", "embedrt bench --reranker", ("torch", "sentence_transformers"))
+    from embedrt.bench.rerank import run, write
+
+    if not artefacts:
+        raise typer.BadParameter("give the reranker artefacts to measure with --model DIR",
+                                 param_hint="--model")
+    names = [path.name for path in artefacts]  # a folder's name, its path where two share one
+    named = {name if names.count(name) == 1 else str(path): path for name, path in zip(names, artefacts)}
+    queries, rounds = (60, 1) if quick else (749, 3)
+    results = run(source, named, queries, threads, rounds=rounds, argv=tuple(sys.argv))
+    for path in write(results, out):
+        typer.echo(f"wrote {path}")
 
 
 def _profile(artefacts: tuple[Path, ...], out: Path, threads: int, sts: Path | None, quick: bool) -> None:

@@ -135,3 +135,24 @@ def test_the_rerank_benchmark_runs_and_writes_its_report(
     assert set(results["pairs_per_second_batch32"]) >= {"torch", "embedrt-fp32", "embedrt-int8"}
     assert "--queries 4" in results["context"]["command"]
     assert "| embedrt-int8 |" in (out / "rerank.md").read_text()
+
+
+def test_embedrt_bench_reranker_measures_the_artefacts_against_torch(
+    tmp_path: Path, tiny_cross_encoders: dict[str, Path], reranker_artefact: Callable[[str, str], Path]
+) -> None:
+    fp32 = reranker_artefact("bert", "fp32")
+    out = tmp_path / "bench"
+    args = ["bench", "--reranker", str(tiny_cross_encoders["bert"]), "-m", str(fp32), "--quick",
+            "--threads", "1", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "rerank.json").read_text())
+    assert results["data"]["queries"] == 60  # --quick
+    assert results["fidelity_to_torch"][f"embedrt-{fp32.name}"]["max_abs_diff"] <= 1e-4
+    assert results["fidelity_to_torch"][f"embedrt-{fp32.name}"]["identical_rankings"] == 1.0
+
+
+def test_embedrt_bench_reranker_needs_artefacts(tmp_path: Path, tiny_cross_encoders: dict[str, Path]) -> None:
+    result = CliRunner().invoke(app, ["bench", "--reranker", str(tiny_cross_encoders["bert"]), "--out",
+                                      str(tmp_path)])
+    assert result.exit_code == 2 and "--model" in result.output
