@@ -155,7 +155,8 @@ def _rerank(source: Path, artefacts: list[Path], out: Path, threads: int, quick:
         raise typer.BadParameter("give the reranker artefacts to measure with --model DIR",
                                  param_hint="--model")
     names = [path.name for path in artefacts]  # a folder's name, its path where two share one
-    named = {name if names.count(name) == 1 else str(path): path for name, path in zip(names, artefacts)}
+    named = {name if names.count(name) == 1 else str(path): path
+             for name, path in zip(names, artefacts, strict=True)}
     queries, rounds = (60, 1) if quick else (749, 3)
     results = run(source, named, queries, threads, rounds=rounds, argv=tuple(sys.argv))
     for path in write(results, out):
