@@ -31,6 +31,7 @@ import glob
 import logging
 import os
 import re
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,6 +53,11 @@ from embedrt.runtime.precision import (
 from .errors import CorpusError
 from .search_run import RunNotFoundError, SearchRun, query_model_dir, read_search_run
 from .writer import SEARCH_CACHE_DIR
+
+# np.load parses a .npy header with ast.literal_eval, which CPython 3.11 before 3.11.8 can break
+# with "SystemError: AST constructor recursion depth mismatch" when threads parse at once
+# (python/cpython#106905; seen here with the search's reader threads): one header at a time.
+_NPY_HEADER_LOCK = threading.Lock()
 
 if TYPE_CHECKING:
     from embedrt.runtime.embedder import Embedder
@@ -405,7 +411,8 @@ def _read_cache(path: Path, shape: tuple[int, int], dtype: np.dtype[Any]) -> npt
     if not path.is_file():
         return None
     try:
-        codes: npt.NDArray[Any] = np.load(path, mmap_mode="r", allow_pickle=False)
+        with _NPY_HEADER_LOCK:
+            codes: npt.NDArray[Any] = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as err:
         logger.warning("search cache %s is unreadable (%s): decoding the shard instead", path, err)
         return None
