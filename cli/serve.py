@@ -59,8 +59,9 @@ def command(
         f"/health then requires 'Authorization: Bearer <key>'. {ENV_KEYS} (keys separated by commas) "
         "adds keys; both sources are accepted together.")] = None,
     reranker: Annotated[Path | None, _option(
-        "RERANKER", "A reranker artefact (a cross-encoder export) to serve beside the model on "
-        "/rerank and /v1/rerank.")] = None,
+        "RERANKER", "A reranker artefact (a cross-encoder export) to serve on /rerank and "
+        "/v1/rerank: beside the --model, or alone without --model (the embedding routes then "
+        "answer 404).")] = None,
 ) -> None:
     """Serve embeddings over HTTP (OpenAI-compatible /v1/embeddings, /embed, /similarity, ...).
 
@@ -68,6 +69,8 @@ def command(
     /openapi.json. Every option also reads an EMBEDRT_* variable.
 
     Example: embedrt serve --port 8080   (the default model: auto, else int8, else fp32, as exported)
+
+    Reranking only: embedrt serve --reranker DIR   (no embedding model is loaded)
     """
     config = ServerConfig(
         model_dir=model, host=host, port=port, threads=threads, max_inputs=max_inputs,

@@ -79,19 +79,51 @@ class ServerState:
             only, after the batcher it announces exists.
     """
 
-    def __init__(self, config: ServerConfig, model_dir: Path, manifest: Manifest) -> None:
+    def __init__(
+        self, config: ServerConfig, model_dir: Path | None, manifest: Manifest | None,
+        reranker: RerankerHost | None = None, reranker_manifest: Manifest | None = None,
+    ) -> None:
         self.config = config
-        self.model_dir = model_dir
-        self.manifest = manifest
+        self.model_dir = model_dir  # None: a reranker-only server (no embedding model)
+        self._manifest = manifest
+        self.reranker = reranker
+        self.reranker_manifest = reranker_manifest
         self.metrics = ServerMetrics()
-        self.openapi = openapi_document(manifest.model_name, manifest.dim, config, tuple(manifest.prompts))
+        reranker_name = None if reranker_manifest is None else reranker_manifest.model_name
+        self.openapi = (
+            openapi_document(None, 0, config, reranker_name=reranker_name) if manifest is None else
+            openapi_document(manifest.model_name, manifest.dim, config, tuple(manifest.prompts),
+                             reranker_name=reranker_name)
+        )
         self.load_error: str | None = None
         self.readiness = Readiness.LOADING
         self.on_load_failure: Callable[[], None] = lambda: None
         self._batcher: Batcher | None = None
 
+    @property
+    def manifest(self) -> Manifest:
+        """The embedding model's manifest.
+
+        Raises:
+            RequestError: 404, this server runs no embedding model (reranker only).
+        """
+        if self._manifest is None:
+            raise _no_embedder()
+        return self._manifest
+
     def load(self) -> None:
-        """Load the model and start the batcher; on failure record why and call back."""
+        """Load the model(s), start the batcher; on failure record why and call back.
+
+        The reranker, if any, loads first; a reranker-only server fails when it does.
+        """
+        if self.reranker is not None:
+            self.reranker.load()
+            if self.model_dir is None and self.reranker.load_error is not None:
+                self._failed(self.reranker.load_error)
+                return
+        if self.model_dir is None:
+            self.readiness = Readiness.READY
+            return
         started = time.perf_counter()
         try:
             embedder = Embedder.load(
@@ -100,10 +132,7 @@ class ServerState:
                 spin=False,  # the event loop and tokenisation share these CPUs
             )
         except Exception as err:  # ArtefactError, or onnxruntime refusing the graph
-            self.load_error = f"{type(err).__name__}: {err}"
-            self.readiness = Readiness.FAILED
-            logger.error("cannot load the model: %s", self.load_error)
-            self.on_load_failure()
+            self._failed(f"{type(err).__name__}: {err}")
             return
         batcher = Batcher(embedder, self.config, self.metrics)
         batcher.start()
@@ -113,12 +142,21 @@ class ServerState:
                     self.manifest.model_name, self.manifest.variant,
                     time.perf_counter() - started, embedder.engine, embedder.threads)
 
+    def _failed(self, error: str) -> None:
+        self.load_error = error
+        self.readiness = Readiness.FAILED
+        logger.error("cannot load the model: %s", error)
+        self.on_load_failure()
+
     def batcher(self) -> Batcher:
         """The running batcher.
 
         Raises:
-            RequestError: 503 while the model is loading or after it failed to load.
+            RequestError: 404 without an embedding model; 503 while the model is loading or
+                after it failed to load.
         """
+        if self._manifest is None:
+            raise _no_embedder()
         if self.readiness is Readiness.FAILED:
             raise RequestError(503, "the model failed to load; GET /health says why")
         if self._batcher is None:
@@ -134,39 +172,52 @@ class ServerState:
         """Stop the batcher after the work it holds (called once requests have drained)."""
         if self._batcher is not None:
             self._batcher.close(self.config.graceful_timeout)
+        if self.reranker is not None:
+            self.reranker.close()
+
+
+def _no_embedder() -> RequestError:
+    return RequestError(404, "this server runs no embedding model, only a reranker (/rerank, "
+                        "/v1/rerank); start embedrt serve with --model DIR to serve embeddings too")
 
 
 def create_app(config: ServerConfig) -> tuple[Starlette, ServerState]:
     """Build the app; the model itself loads when the app starts serving.
 
-    Raises:
-        NoModelError: ``config.model_dir`` is None and no default model is exported.
-        ArtefactNotFoundError, ArtefactError: the artefact's manifest is missing or invalid.
-    """
-    model_dir = config.model_dir or default_model_dir()
-    state = ServerState(config, model_dir, Manifest.load(model_dir))
+    With ``config.reranker_dir`` and no ``config.model_dir`` the server runs the reranker
+    only: the embedding routes answer 404 naming ``--model``.
 
+    Raises:
+        NoModelError: neither ``config.model_dir`` nor ``config.reranker_dir`` is set and no
+            default model is exported.
+        ArtefactNotFoundError, ArtefactError: an artefact's manifest is missing or invalid.
+    """
     rerank = None if config.reranker_dir is None else RerankerHost(config, config.reranker_dir)
+    model_dir = config.model_dir or (default_model_dir() if rerank is None else None)
+    state = ServerState(
+        config, model_dir, None if model_dir is None else Manifest.load(model_dir), rerank,
+        None if config.reranker_dir is None else Manifest.load(config.reranker_dir),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loader = threading.Thread(target=state.load, name="embedrt-load", daemon=True)
         loader.start()
-        if rerank is not None:
-            await asyncio.to_thread(rerank.load)
         try:
             yield
         finally:
             await asyncio.to_thread(loader.join)
             await asyncio.to_thread(state.close)
-            if rerank is not None:
-                await asyncio.to_thread(rerank.close)
+
+    def embedding(handler: Handler) -> Handler:  # reranker only: 404 before reading the body
+        return handler if model_dir is not None else _no_embedding_route
 
     routes = [
-        Route("/v1/embeddings", _endpoint(state, "/v1/embeddings", _openai_embeddings), methods=["POST"]),
-        Route("/embed", _endpoint(state, "/embed", _tei_embed), methods=["POST"]),
-        Route("/similarity", _endpoint(state, "/similarity", _similarity), methods=["POST"]),
-        Route("/tokenize", _endpoint(state, "/tokenize", _tokenize), methods=["POST"]),
+        Route("/v1/embeddings", _endpoint(state, "/v1/embeddings", embedding(_openai_embeddings)),
+              methods=["POST"]),
+        Route("/embed", _endpoint(state, "/embed", embedding(_tei_embed)), methods=["POST"]),
+        Route("/similarity", _endpoint(state, "/similarity", embedding(_similarity)), methods=["POST"]),
+        Route("/tokenize", _endpoint(state, "/tokenize", embedding(_tokenize)), methods=["POST"]),
         Route("/health", _endpoint(state, "/health", _health), methods=["GET"]),
         Route("/info", _endpoint(state, "/info", _info), methods=["GET"]),
         Route("/metrics", _endpoint(state, "/metrics", _metrics), methods=["GET"]),
@@ -232,6 +283,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
     return _error(RequestError(status, f"{request.method} {request.url.path}: {detail}"))
+
+
+async def _no_embedding_route(state: ServerState, request: Request) -> Response:
+    raise _no_embedder()
 
 
 async def _read_json(state: ServerState, request: Request) -> dict[str, Any]:
@@ -423,7 +478,7 @@ def _count_headers(tokens: int, truncated: tuple[int, ...]) -> dict[str, str]:
 async def _health(state: ServerState, request: Request) -> Response:
     readiness = state.readiness
     if readiness is Readiness.READY:
-        return JSONResponse({"status": readiness.value})
+        return JSONResponse({"status": readiness.value, **_loaded(state)})
     if readiness is Readiness.FAILED:
         return JSONResponse({"status": readiness.value, "error": state.load_error}, status_code=503)
     return JSONResponse({"status": readiness.value}, status_code=503,
@@ -434,12 +489,23 @@ _LIMITS = ("max_inputs", "max_chars", "max_body_bytes")
 _BATCHING = ("max_batch_tokens", "max_batch_size", "max_wait_ms", "max_queue")
 
 
+def _loaded(state: ServerState) -> dict[str, Any]:
+    """With a reranker, the names of what this server runs (None: no embedding model)."""
+    if state.reranker_manifest is None:
+        return {}
+    embedding = None if state.model_dir is None else state.manifest.model_name
+    return {"embedding_model": embedding, "reranker": state.reranker_manifest.model_name}
+
+
 async def _info(state: ServerState, request: Request) -> Response:
     config = state.config
+    manifest = None if state.model_dir is None else state.manifest
+    reranker = state.reranker_manifest
     return JSONResponse({
-        "manifest": state.manifest.to_dict(),
+        "manifest": None if manifest is None else manifest.to_dict(),
+        "reranker": None if reranker is None else reranker.to_dict(),
         "limits": {**{name: getattr(config, name) for name in _LIMITS},
-                   "max_seq_length": state.manifest.max_seq_length},
+                   "max_seq_length": (manifest or reranker or state.manifest).max_seq_length},
         "batching": {name: getattr(config, name) for name in _BATCHING},
         "pad_to_multiple_of": config.pad_to_multiple_of,
         "ready": state.readiness is Readiness.READY,
@@ -480,7 +546,8 @@ def serve(config: ServerConfig) -> None:
         server.should_exit = True
 
     state.on_load_failure = stop
-    logger.info("serving %s on http://%s:%d", state.model_dir, config.host, config.port)
+    logger.info("serving %s on http://%s:%d", " and ".join(
+        str(d) for d in (state.model_dir, config.reranker_dir) if d is not None), config.host, config.port)
     if config.api_keys is not None:
         logger.info("authentication on: %d API key(s); every route but /health requires "
                     "'Authorization: Bearer <key>'", len(config.api_keys))
@@ -489,7 +556,7 @@ def serve(config: ServerConfig) -> None:
                        "(--api-key-file or EMBEDRT_API_KEYS)", config.host, config.port)
     server.run()
     if state.readiness is Readiness.FAILED:
-        raise ModelLoadError(f"{state.model_dir}: {state.load_error}")
+        raise ModelLoadError(f"{state.model_dir or config.reranker_dir}: {state.load_error}")
 
 
 class ModelLoadError(EmbedrtError, RuntimeError):

@@ -23,7 +23,8 @@ class ServerConfig:
 
     Attributes:
         model_dir: artefact directory; None serves the default model (see
-            :func:`embedrt.runtime.home.default_model_dir`).
+            :func:`embedrt.runtime.home.default_model_dir`), or no embedding model at all
+            when ``reranker_dir`` is set (a reranker-only server).
         host: address to bind; ``0.0.0.0`` exposes the server to the network.
         port: TCP port.
         threads: inference threads (onnxruntime's; OpenVINO's for a bf16 artefact); None uses the
@@ -44,8 +45,9 @@ class ServerConfig:
         log_level: one of :data:`LOG_LEVELS`.
         api_keys: the keys every route but ``/health`` requires (``Authorization: Bearer``);
             None serves without authentication. Held as digests: a repr shows only their count.
-        reranker_dir: a reranker artefact (cross-encoder) served beside the model on ``/rerank``
-            and ``/v1/rerank``; None: no rerank routes.
+        reranker_dir: a reranker artefact (cross-encoder) served on ``/rerank`` and
+            ``/v1/rerank``, beside the model given as ``model_dir`` or, without one, instead of
+            any embedding model (the embedding routes then answer 404); None: no rerank routes.
 
     Raises:
         ConfigurationError: a number is out of range, the queue cannot hold one maximal

@@ -173,9 +173,14 @@ def _ok(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def openapi_document(
-    model_name: str, dim: int, limits: ServerConfig, prompt_names: Sequence[str] = ()
+    model_name: str | None, dim: int, limits: ServerConfig, prompt_names: Sequence[str] = (),
+    *, reranker_name: str | None = None,
 ) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every route, with this server's model, prompts and limits."""
+    """The OpenAPI 3.1 document of every route, with this server's models, prompts and limits.
+
+    ``model_name`` None (a reranker-only server) leaves the embedding routes out;
+    ``reranker_name`` adds ``/rerank`` and ``/v1/rerank``.
+    """
     texts = _texts_schema(limits)
     options = _embedding_options(dim, prompt_names)
     vector = {"type": "array", "items": {"type": "number"}}
@@ -227,16 +232,59 @@ def openapi_document(
             "description": "Prometheus text exposition format 0.0.4.",
             "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
     }
+    if model_name is None:
+        for path in _EMBEDDING_PATHS:
+            del paths[path]
+    if reranker_name is not None:
+        paths.update(_rerank_paths(limits, post_errors))
+    served = [f"{model_name} ({dim} dimensions)"] if model_name is not None else []
+    served += [f"the reranker {reranker_name}"] if reranker_name is not None else []
     document: dict[str, Any] = {
         "openapi": "3.1.0",
-        "info": {"title": "embedrt embedding server", "version": "1", "description": f"Serves {model_name} "
-                 f"({dim} dimensions)."},
+        "info": {"title": "embedrt embedding server", "version": "1",
+                 "description": f"Serves {' and '.join(served)}."},
         "paths": paths,
         "components": {"schemas": {"Error": _ERROR, "EmbeddingList": _embedding_list()}},
     }
     if limits.api_keys is not None:
         _require_bearer(document)
     return document
+
+
+_EMBEDDING_PATHS = ("/v1/embeddings", "/embed", "/similarity", "/tokenize")
+
+
+def _rerank_paths(limits: ServerConfig, post_errors: dict[str, Any]) -> dict[str, Any]:
+    """``/rerank`` (text-embeddings-inference's shape) and ``/v1/rerank`` (Cohere's and Jina's)."""
+    text = {"type": "string", "maxLength": limits.max_chars}
+    texts = {"type": "array", "items": text, "minItems": 1, "maxItems": limits.max_inputs}
+    documents = {"type": "array", "minItems": 1, "maxItems": limits.max_inputs, "items": {"oneOf": [
+        text, {"type": "object", "required": ["text"], "properties": {"text": text}}]}}
+    flag = {"type": ["boolean", "null"]}
+    tei_item = {"type": "object", "required": ["index", "score"], "properties": {
+        "index": {"type": "integer"}, "score": {"type": "number"}, "text": {"type": "string"}}}
+    result = {"type": "object", "required": ["index", "relevance_score"], "properties": {
+        "index": {"type": "integer"}, "relevance_score": {"type": "number"},
+        "document": {"type": "object", "properties": {"text": {"type": "string"}}}}}
+    return {
+        "/rerank": {"post": {
+            "summary": "text-embeddings-inference-style reranking of texts against a query",
+            "requestBody": _json_body({"type": "object", "required": ["query", "texts"], "properties": {
+                "query": text, "texts": texts, "raw_scores": flag, "return_text": flag, "truncate": flag}}),
+            "responses": {"200": _ok({"type": "array", "items": tei_item}, "Best first."), **post_errors},
+        }},
+        "/v1/rerank": {"post": {
+            "summary": "Cohere/Jina-style reranking of documents against a query",
+            "requestBody": _json_body({"type": "object", "required": ["query", "documents"], "properties": {
+                "model": {"type": ["string", "null"]}, "query": text, "documents": documents,
+                "top_n": {"type": ["integer", "null"], "minimum": 1}, "return_documents": flag}}),
+            "responses": {"200": _ok({"type": "object", "required": ["model", "results", "usage"],
+                                      "properties": {"model": {"type": "string"},
+                                                     "results": {"type": "array", "items": result},
+                                                     "usage": {"type": "object"}}}, "Best first."),
+                          **post_errors},
+        }},
+    }
 
 
 def _require_bearer(document: dict[str, Any]) -> None:

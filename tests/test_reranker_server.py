@@ -129,3 +129,66 @@ def test_the_cohere_client_reranks_through_v1_rerank(client: Any, artefact: Path
     np.testing.assert_allclose(
         [r.relevance_score for r in response.results], [r.score for r in expected[:3]], atol=1e-6
     )
+
+
+@pytest.fixture(scope="module")
+def reranker_only(
+    running_server: Callable[..., Any], artefact: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """A real ``embedrt serve --reranker DIR`` process with no --model: no embedding model."""
+    logs = tmp_path_factory.mktemp("rerank-only-server")
+    with running_server(None, logs, "--reranker", str(artefact), *LIMITS) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            yield http
+
+
+def test_a_reranker_only_server_reranks_as_the_offline_reranker(reranker_only: Any, artefact: Path) -> None:
+    reranker = Reranker.load(artefact)
+    expected = reranker.rank(QUERY, DOCUMENTS)
+    body = reranker_only.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS}).json()
+    assert [item["index"] for item in body] == [r.index for r in expected]
+    np.testing.assert_allclose([item["score"] for item in body], [r.score for r in expected], atol=1e-6)
+    cohere = reranker_only.post("/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS, "top_n": 2})
+    assert cohere.status_code == 200, cohere.text
+    assert [r["index"] for r in cohere.json()["results"]] == [r.index for r in expected[:2]]
+    assert cohere.json()["model"] == reranker.manifest.model_name
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/v1/embeddings", {"input": ["hello world"]}),
+        ("/embed", {"inputs": ["hello world"]}),
+        ("/similarity", {"inputs": {"source_sentence": "a", "sentences": ["b"]}}),
+        ("/tokenize", {"inputs": ["hello world"]}),
+        ("/embed", {"not": "valid"}),  # refused for the missing model, not for the body
+    ],
+)
+def test_a_reranker_only_server_answers_404_naming_model_on_embedding_routes(
+    reranker_only: Any, route: str, body: dict[str, Any]
+) -> None:
+    response = reranker_only.post(route, json=body)
+    assert response.status_code == 404, response.text
+    message = response.json()["error"]["message"]
+    assert "no embedding model" in message and "--model" in message
+
+
+def test_a_reranker_only_server_reports_what_it_runs(reranker_only: Any, artefact: Path) -> None:
+    name = Reranker.load(artefact).manifest.model_name
+    assert reranker_only.get("/health").json() == {"status": "ok", "embedding_model": None, "reranker": name}
+    info = reranker_only.get("/info").json()
+    assert info["manifest"] is None and info["ready"] is True
+    assert info["reranker"]["model_name"] == name and info["reranker"]["task"] == "rerank"
+    paths = set(reranker_only.get("/openapi.json").json()["paths"])
+    assert paths == {"/rerank", "/v1/rerank", "/health", "/info", "/metrics"}
+
+
+def test_a_server_with_both_lists_both_in_health_info_and_openapi(client: Any, artefact: Path) -> None:
+    name = Reranker.load(artefact).manifest.model_name
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["reranker"] == name
+    assert isinstance(health["embedding_model"], str)
+    info = client.get("/info").json()
+    assert info["manifest"]["dim"] > 0 and info["reranker"]["model_name"] == name
+    paths = set(client.get("/openapi.json").json()["paths"])
+    assert {"/rerank", "/v1/rerank", "/embed", "/v1/embeddings", "/tokenize"} <= paths

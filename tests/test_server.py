@@ -62,13 +62,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _command(model: Path, port: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "embedrt.cli", "serve", "--model", str(model),
+def _command(model: Path | None, port: int, *args: str) -> list[str]:
+    """The serve command line; ``model`` None passes no --model (e.g. a reranker-only server)."""
+    return [sys.executable, "-m", "embedrt.cli", "serve", *(["--model", str(model)] if model else []),
             "--port", str(port), "--log-level", "warning", *args]
 
 
 @contextlib.contextmanager
-def running_server(model: Path, log_dir: Path, *args: str) -> Iterator[Server]:
+def running_server(model: Path | None, log_dir: Path, *args: str) -> Iterator[Server]:
     port = _free_port()
     log_path = log_dir / f"server-{port}.log"
     with open(log_path, "wb") as log:
