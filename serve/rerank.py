@@ -1,4 +1,4 @@
-"""Reranking routes, served beside the embedder when ``embedrt serve --reranker DIR`` is given.
+"""Reranking routes: ``embedrt serve --reranker DIR``, beside the embedder or (no --model) alone.
 
 * ``POST /rerank`` (text-embeddings-inference's shape): ``{"query", "texts", "raw_scores"?,
   "return_text"?, "truncate"?}`` -> ``[{"index", "score", "text"?}]``, best first.
