@@ -31,7 +31,7 @@ _BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 
 @dataclass(frozen=True)
 class FidelityGate:
-    """The int8 fidelity gate every candidate must pass (the README's and issue's figures).
+    """The int8 fidelity gate every candidate must pass (docs/variants.md states it).
 
     Attributes:
         min_cosine: lowest per-text cosine to torch on held-out texts.

@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 32
 # Tokens (rows x padded width) per inference call. Measured with all-MiniLM-L6-v2 on 2 CPUs:
 # calls of 512-1024 tokens keep activations in cache; 32 texts of 256 tokens in one call
-# (8,192 tokens) run 15 % slower for int8 and 17 % for fp32 (see the README, "Batching").
+# (8,192 tokens) ran 15 % slower for int8 and 17 % for fp32 (a hand measurement that no committed
+# result keeps: measure again before changing this; docs/python-api.md describes the batching).
 DEFAULT_MAX_BATCH_TOKENS = 1024
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
