@@ -51,11 +51,19 @@ def command(
                      "sentences reaches this; fail if nothing does."),
     ] = None,
     threads: ThreadsOption = None,
+    reranker: Annotated[
+        bool,
+        typer.Option("--reranker", help="SOURCE is a sentence-transformers CrossEncoder folder: export "
+                     "a reranker (fp32, int8 or bf16), checked against CrossEncoder.predict."),
+    ] = False,
 ) -> None:
     """Export a sentence-transformers model to ONNX and check it against torch.
 
     Example: embedrt export --variant int8
     """
+    if reranker:
+        _export_reranker(source, out, variant, check, isa, threads)
+        return
     if variant == AUTO_VARIANT:
         _export_auto(source, out, check, isa, min_cosine, threads)
         return
@@ -80,6 +88,29 @@ def command(
         p = manifest.parity
         typer.echo(f"parity vs torch on {p.sentences} sentences: min cosine "
                    f"{p.min_cosine:.7f}, max |diff| {p.max_abs_diff:.2e}")
+
+
+def _export_reranker(
+    source: str | None, out: Path | None, variant: str, check: bool, isa: str | None, threads: int | None
+) -> None:
+    """``--reranker``: a CrossEncoder folder to a reranker artefact."""
+    if source is None:
+        raise typer.BadParameter("give the CrossEncoder folder to export", param_hint="SOURCE")
+    from embedrt.export import ExportOptions
+
+    options = ExportOptions(variant=variant, check=check, threads=threads, isa=isa)
+    require("export", "embedrt export", EXPORT_MODULES)
+    from embedrt.export import export_cross_encoder
+
+    started = time.perf_counter()
+    target = out if out is not None else artefact_dir(Path(source).name, options.variant)
+    with _Progress("export") as progress:
+        manifest = export_cross_encoder(source, target, options, progress=progress.step)
+    typer.echo(f"wrote {target} (reranker, {manifest.variant}) in {time.perf_counter() - started:.1f} s")
+    parity = (manifest.rerank or {}).get("parity")
+    if isinstance(parity, dict):
+        typer.echo("parity vs CrossEncoder.predict: " + ", ".join(
+            f"{key} {value}" for key, value in parity.items() if isinstance(value, (int, float))))
 
 
 def _export_auto(

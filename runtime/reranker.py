@@ -72,7 +72,7 @@ class RerankSpec:
         if manifest.task != TASK_RERANK or manifest.rerank is None:
             raise ArtefactError(
                 f"{origin}: a {manifest.task!r} artefact, not a reranker; export a cross-encoder "
-                "with 'embedrt.export.cross_encoder.export_cross_encoder', or load this one with Embedder"
+                "with 'embedrt export SOURCE --reranker', or load this one with Embedder"
             )
         record = manifest.rerank
         labels, activation, truncation = (

@@ -156,3 +156,24 @@ def test_embedrt_bench_reranker_needs_artefacts(tmp_path: Path, tiny_cross_encod
     result = CliRunner().invoke(app, ["bench", "--reranker", str(tiny_cross_encoders["bert"]), "--out",
                                       str(tmp_path)])
     assert result.exit_code == 2 and "--model" in result.output
+
+
+def test_embedrt_export_reranker_writes_an_artefact_that_scores_as_torch(
+    tmp_path: Path, tiny_cross_encoders: dict[str, Path]
+) -> None:
+    from sentence_transformers import CrossEncoder
+
+    source, out = tiny_cross_encoders["bert"], tmp_path / "reranker"
+    args = ["export", str(source), "--reranker", "--variant", "fp32", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out} (reranker, fp32)" in result.output
+    assert "parity vs CrossEncoder.predict" in result.output
+    pairs = [("a cat", "the cat sat"), ("a cat", "the road is long"), ("a dog", "a dog and a cat")]
+    expected = CrossEncoder(str(source), device="cpu").predict(pairs)
+    assert np.allclose(Reranker.load(out).predict(pairs), expected, atol=1e-4)
+
+
+def test_embedrt_export_reranker_needs_a_source(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["export", "--reranker", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "SOURCE" in result.output
