@@ -75,7 +75,7 @@ lint: setup
 SIDE_TESTS ?= tests/test_mpnet_real.py
 test-full: setup
 	rm -rf $(ARTEFACTS) && mkdir -p $(ARTEFACTS)
-	@export HF_HUB_OFFLINE=1 EMBEDRT_TEST_ARTEFACTS=$(ARTEFACTS) EMBEDRT_TEST_RUN=$$(date +%s%N); \
+	@export HF_HUB_OFFLINE=1 EMBEDRT_ALL_EXTRAS=1 EMBEDRT_TEST_ARTEFACTS=$(ARTEFACTS) EMBEDRT_TEST_RUN=$$(date +%s%N); \
 	$(VENV)/bin/pytest $(SIDE_TESTS) > $(ARTEFACTS).side.log 2>&1 & side=$$!; \
 	trap 'kill $$side 2> /dev/null' INT TERM; \
 	$(VENV)/bin/pytest $(addprefix --ignore=,$(SIDE_TESTS)); main=$$?; \

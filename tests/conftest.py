@@ -41,6 +41,39 @@ def _load_sibling(name: str) -> ModuleType:
     return module
 
 
+# What each pyproject extra brings that tests import. A test marked ``extras("serve")`` (or
+# ``export`` / ``real_model``, which need the [export] extra) is deselected, and counted in
+# pytest's summary, where one is not installed: the base environment runs what it can, skipping
+# nothing. Where EMBEDRT_ALL_EXTRAS=1 (make test-full) a missing extra is an error instead.
+EXTRA_MODULES = {
+    "export": ("torch", "transformers", "optimum", "sentence_transformers"),
+    "serve": ("starlette", "uvicorn"),
+    "bench": ("matplotlib",),
+    "openvino": ("openvino",),
+    "peers": ("nncf",),
+}
+
+
+def _missing_extras(item: pytest.Item) -> list[str]:
+    needed = [name for marker in item.iter_markers("extras") for name in marker.args]
+    needed += ["export" for name in ("export", "real_model") if item.get_closest_marker(name)]
+    return sorted({name for name in needed
+                   if any(importlib.util.find_spec(module) is None for module in EXTRA_MODULES[name])})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the tests whose extras are not installed (see EXTRA_MODULES)."""
+    missing = {item.nodeid: _missing_extras(item) for item in items}
+    dropped = [item for item in items if missing[item.nodeid]]
+    if not dropped:
+        return
+    absent = sorted({name for names in missing.values() for name in names})
+    if os.environ.get("EMBEDRT_ALL_EXTRAS") == "1":
+        raise pytest.UsageError(f"EMBEDRT_ALL_EXTRAS=1 but these extras are not installed: {absent}")
+    config.hook.pytest_deselected(items=dropped)
+    items[:] = [item for item in items if not missing[item.nodeid]]
+
+
 def _tiny_models_module() -> ModuleType:
     return _load_sibling("_tiny_models")
 

@@ -190,8 +190,8 @@ def test_info_bad_option_is_a_usage_error(tiny_bert: Path) -> None:
 # --- serve ------------------------------------------------------------------------------------
 
 
+@pytest.mark.extras("serve")
 def test_serve_missing_and_corrupt_artefact(tmp_path: Path, corrupt: dict[str, Path]) -> None:
-    pytest.importorskip("starlette", reason="serving needs the [serve] extra")
     assert_one_line_error(run_cli("serve", "-m", str(tmp_path / "absent"), "--port", "0"),
                           "no such artefact directory")
     assert_one_line_error(run_cli("serve", "-m", str(corrupt["manifest"]), "--port", "0"), "not valid JSON")
@@ -224,8 +224,8 @@ def test_bench_without_the_extra_names_it(tiny_bert: Path) -> None:
                           "embedrt bench needs the [bench] extra")
 
 
+@pytest.mark.extras("bench")
 def test_bench_missing_artefact(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="bench needs the [bench] extra")
     assert_one_line_error(run_cli("bench", "-m", str(tmp_path / "absent"), "--out", str(tmp_path / "o")),
                           "no such artefact directory")
 

@@ -75,6 +75,7 @@ def test_commands_use_the_homes_model_from_any_directory(
     assert _cli(elsewhere, env, "embed", "x", "--model", "models/mine").returncode == 0
 
 
+@pytest.mark.export
 def test_export_without_out_writes_to_the_home(
     tiny_sources: dict[str, Path], tmp_path: Path, elsewhere: Path
 ) -> None:

@@ -25,7 +25,7 @@ from embedrt.runtime.cpus import cpu_flags
 from embedrt.runtime.pooling import row_cosines
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
-needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="needs the [openvino] extra")
+needs_openvino = pytest.mark.extras("openvino")
 # bf16 in hardware: OpenVINO's native bf16 kernels (it emulates bf16 on other AVX-512 CPUs).
 BF16_CPU = bool(cpu_flags() & BF16_CPU_FLAGS)
 Invariance = Callable[[Embedder, list[str], tuple[int, ...]], float]  # conftest's fixture
@@ -189,7 +189,7 @@ def test_the_profile_refuses_an_artefact_onnxruntime_does_not_run(tiny_bert_bf16
 
 
 @pytest.mark.export
-@pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="needs the [peers] extra (nncf)")
+@pytest.mark.extras("peers")
 def test_the_openvino_int8_attempts_script_measures_every_form(
     tiny_bert: Path, tiny_bert_int8: Path, tiny_bert_bf16: Path, tmp_path: Path
 ) -> None:

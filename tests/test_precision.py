@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -22,8 +21,7 @@ from embedrt.runtime.precision import (
     quantize_embeddings,
 )
 
-HAS_ST = importlib.util.find_spec("sentence_transformers") is not None
-needs_st = pytest.mark.skipif(not HAS_ST, reason="compares with sentence-transformers ([export] extra)")
+needs_st = pytest.mark.extras("export")  # compares with sentence-transformers
 
 
 def _unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
