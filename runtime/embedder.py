@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,23 +144,15 @@ class Embedder:
             threads=threads, batch_size=batch_size, pad_to_multiple_of=pad_to_multiple_of,
             max_batch_tokens=max_batch_tokens,
         )
-        model_path = _artefact_file(directory, MODEL_FILE, manifest, verify)
-        tokenizer_path = _artefact_file(directory, TOKENIZER_FILE, manifest, verify)
+        opened = _open_artefact(directory, manifest, threads, verify=verify, spin=spin)
+        _check_graph(opened.session, manifest, opened.model_path)
         dense = [
             DenseLayer.load(_artefact_file(directory, stage.file, manifest, verify), stage)
             for stage in manifest.dense
         ]
-        thread_count = threads or usable_cpus()
-        session = open_session(
-            model_path, manifest.recipe.backend, thread_count, spin=spin,
-            precision=manifest.recipe.dtype, origin=str(directory),
-        )
-        _check_graph(session, manifest, model_path)
-        tokenizer, untruncated = _load_tokenizers(tokenizer_path, manifest.max_seq_length)
-        warn_missing_cpu_flags(manifest.recipe.requires_cpu_flags, str(directory))
         return cls(
-            manifest, session, tokenizer, untruncated, thread_count, batch_size, pad_to_multiple_of,
-            max_batch_tokens, truncate_dim, dense=dense,
+            manifest, opened.session, opened.tokenizer, opened.untruncated, opened.threads, batch_size,
+            pad_to_multiple_of, max_batch_tokens, truncate_dim, dense=dense,
         )
 
     @property
@@ -305,16 +297,10 @@ class Embedder:
                 return [self._tokenizer.encode(texts[0])]
             encoded: list[Encoding] = self._tokenizer.encode_batch(list(texts))
             return encoded
-        encodings: list[Encoding] = self._untruncated.encode_batch(list(texts))
-        for position, encoding in enumerate(encodings):
-            if len(encoding.ids) > self.max_seq_length:
-                raise InputTooLongError(
-                    f"input {position} has {len(encoding.ids)} tokens; the model accepts at most "
-                    f"{self.max_seq_length}. Pass {{truncate}} or shorten it "
-                    f"(starts: {texts[position][:40]!r})",
-                    params=(Param("truncate", True),), limit=self.max_seq_length,
-                )
-        return encodings
+        return _encode_within_limit(
+            self._untruncated, list(texts), self.max_seq_length,
+            lambda position: f"input {position}", lambda position: f" (starts: {texts[position][:40]!r})",
+        )
 
     def embed_encodings(self, encodings: Sequence[Encoding]) -> FloatArray:
         """Run one batch of :meth:`tokenize` output (padded here) and pool it; input order.
@@ -389,6 +375,67 @@ def _artefact_file(directory: Path, name: str, manifest: Manifest, verify: bool)
             "after export. Re-export the model."
         )
     return path
+
+
+@dataclass(frozen=True)
+class _OpenedArtefact:
+    """What :func:`_open_artefact` loads: the engine's session and the two tokenizers."""
+
+    model_path: Path
+    session: Session
+    tokenizer: Tokenizer
+    untruncated: Tokenizer
+    threads: int
+
+
+def _open_artefact(
+    directory: Path, manifest: Manifest, threads: int | None, *, verify: bool, spin: bool
+) -> _OpenedArtefact:
+    """Open an artefact as every loader does (the Embedder's and the Reranker's).
+
+    Checks the files, opens the manifest's engine, loads the tokenizers and warns about missing
+    CPU flags.
+
+    Raises:
+        ArtefactNotFoundError: ``model.onnx`` or ``tokenizer.json`` is missing.
+        ArtefactError: a file does not match the manifest, or the engine refuses the graph.
+        MissingExtraError: the artefact's engine is OpenVINO and it is not installed.
+    """
+    model_path = _artefact_file(directory, MODEL_FILE, manifest, verify)
+    tokenizer_path = _artefact_file(directory, TOKENIZER_FILE, manifest, verify)
+    thread_count = threads or usable_cpus()
+    session = open_session(
+        model_path, manifest.recipe.backend, thread_count, spin=spin,
+        precision=manifest.recipe.dtype, origin=str(directory),
+    )
+    tokenizer, untruncated = _load_tokenizers(tokenizer_path, manifest.max_seq_length)
+    warn_missing_cpu_flags(manifest.recipe.requires_cpu_flags, str(directory))
+    return _OpenedArtefact(model_path, session, tokenizer, untruncated, thread_count)
+
+
+def _encode_within_limit(
+    untruncated: Tokenizer,
+    inputs: list[Any],
+    max_seq_length: int,
+    name: Callable[[int], str],
+    detail: Callable[[int], str] = lambda position: "",
+) -> list[Encoding]:
+    """Encode ``inputs`` uncut, refusing any over ``max_seq_length`` tokens.
+
+    The error names the input (``name(position)``, e.g. ``input 3``) and the ``truncate`` setting.
+
+    Raises:
+        InputTooLongError: an input has more than ``max_seq_length`` tokens.
+    """
+    encodings: list[Encoding] = untruncated.encode_batch(inputs)
+    for position, encoding in enumerate(encodings):
+        if len(encoding.ids) > max_seq_length:
+            raise InputTooLongError(
+                f"{name(position)} has {len(encoding.ids)} tokens; the model accepts at most "
+                f"{max_seq_length}. Pass {{truncate}} or shorten it{detail(position)}",
+                params=(Param("truncate", True),), limit=max_seq_length,
+            )
+    return encodings
 
 
 def _check_graph(session: Session, manifest: Manifest, model_path: Path) -> None:

@@ -26,11 +26,10 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Encoding, Tokenizer
 
-from .backends import Session, open_session
-from .cpus import usable_cpus, warn_missing_cpu_flags
-from .embedder import _artefact_file, _check_positive, _load_tokenizers
-from .errors import ArtefactError, EmbedrtError, InputTooLongError, Param
-from .manifest import MODEL_FILE, TOKENIZER_FILE, JSONValue, Manifest
+from .backends import Session
+from .embedder import _check_positive, _encode_within_limit, _open_artefact
+from .errors import ArtefactError, EmbedrtError
+from .manifest import JSONValue, Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -151,23 +150,14 @@ class Reranker:
         manifest = Manifest.load(directory)
         spec = RerankSpec.from_manifest(manifest, str(directory))
         _check_positive(threads=threads, batch_size=batch_size)
-        model_path = _artefact_file(directory, MODEL_FILE, manifest, verify)
-        tokenizer_path = _artefact_file(directory, TOKENIZER_FILE, manifest, verify)
-        thread_count = threads or usable_cpus()
-        session = open_session(
-            model_path,
-            manifest.recipe.backend,
-            thread_count,
-            spin=spin,
-            precision=manifest.recipe.dtype,
-            origin=str(directory),
-        )
+        opened = _open_artefact(directory, manifest, threads, verify=verify, spin=spin)
+        outputs = opened.session.output_names
         # OpenVINO reports one of a fused output's several names: one output is the graph's.
-        if manifest.output not in session.output_names and len(session.output_names) != 1:
-            raise ArtefactError(f"{model_path}: graph has no output {manifest.output!r}")
-        tokenizer, untruncated = _load_tokenizers(tokenizer_path, manifest.max_seq_length)
-        warn_missing_cpu_flags(manifest.recipe.requires_cpu_flags, str(directory))
-        return cls(manifest, spec, session, tokenizer, untruncated, thread_count, batch_size)
+        if manifest.output not in outputs and len(outputs) != 1:
+            raise ArtefactError(f"{opened.model_path}: graph has no output {manifest.output!r}")
+        return cls(
+            manifest, spec, opened.session, opened.tokenizer, opened.untruncated, opened.threads, batch_size
+        )
 
     @property
     def max_seq_length(self) -> int:
@@ -192,15 +182,7 @@ class Reranker:
         if truncate:
             encoded: list[Encoding] = self._tokenizer.encode_batch(checked)
             return encoded
-        encodings: list[Encoding] = self._untruncated.encode_batch(checked)
-        for position, encoding in enumerate(encodings):
-            if len(encoding.ids) > self.max_seq_length:
-                raise InputTooLongError(
-                    f"pair {position} has {len(encoding.ids)} tokens; the model accepts at most "
-                    f"{self.max_seq_length}. Pass {{truncate}} or shorten it",
-                    params=(Param("truncate", True),),
-                )
-        return encodings
+        return _encode_within_limit(self._untruncated, checked, self.max_seq_length, lambda i: f"pair {i}")
 
     def predict(
         self,
