@@ -16,6 +16,18 @@ from typing import Any
 
 import numpy as np
 
+# Mixed lengths, an empty text and texts past a tiny model's limit: for invariance checks.
+MIXED = [
+    "the cat",
+    "a man is playing guitar",
+    "",
+    "hello world " * 3,
+    "the quick brown fox jumps",
+    "the cat sat on the road " * 8,
+    "dog",
+    "water tree house car road music piano",
+] * 4
+
 
 def make_texts(words: list[str], count: int, seed: int = 0) -> list[str]:
     """``count`` texts of 1 to 40 ``words`` each, the same for the same ``seed``

@@ -19,21 +19,12 @@ import pytest
 if importlib.util.find_spec("torch") is None or importlib.util.find_spec("onnx") is None:
     pytest.skip("the int8 recipes need the [export] extra", allow_module_level=True)
 
+from _helpers import MIXED
 from embedrt.export.errors import UnknownVariantError
 from embedrt.export.quantize import recipe as recipes
 
 INT16_MAX = 32767
 U8_MAX = 255
-MIXED = [
-    "the cat",
-    "a man is playing guitar",
-    "",
-    "hello world " * 3,
-    "the quick brown fox jumps",
-    "the cat sat on the road " * 8,
-    "dog",
-    "water tree house car road music piano",
-] * 4
 
 
 def _targets(found: list[recipes.Recipe]) -> list[tuple[str, str, int]]:

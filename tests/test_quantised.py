@@ -16,6 +16,7 @@ if importlib.util.find_spec("torch") is None or importlib.util.find_spec("onnx")
     pytest.skip("quantisation tests need the [export] extra", allow_module_level=True)
 
 import onnx
+from _helpers import MIXED
 from embedrt.export import AccuracyTargetError, ExportOptions, UnknownISAError, export_model, quantize
 from embedrt.export.quantize.shapes import fold_shape_arithmetic
 from embedrt.runtime import Embedder, Manifest
@@ -23,16 +24,6 @@ from embedrt.runtime.manifest import QuantisationRecord
 from embedrt.runtime.pooling import row_cosines
 
 Invariance = Callable[[Embedder, list[str], tuple[int, ...]], float]  # conftest's fixture
-MIXED = [
-    "the cat",
-    "a man is playing guitar",
-    "",
-    "hello world " * 3,
-    "the quick brown fox jumps",
-    "the cat sat on the road " * 8,
-    "dog",
-    "water tree house car road music piano",
-] * 4
 
 
 def _quantisation(artefact: Path) -> QuantisationRecord:

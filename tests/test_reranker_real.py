@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _reranker_fixtures import STSB_DEV, reranker_artefact, stsb_cross_encoder  # noqa: F401
+from embedrt.bench.rerank import positions
 from embedrt.runtime import Reranker
 
 pytestmark = pytest.mark.real_model
@@ -39,14 +40,6 @@ def torch_scores(stsb_cross_encoder: Path, groups: list[tuple[str, list[str]]]) 
     return np.asarray(model.predict(pairs, batch_size=32, show_progress_bar=False))
 
 
-def _positions(groups: list[tuple[str, list[str]]]) -> list[list[int]]:
-    out, start = [], 0
-    for _, docs in groups:
-        out.append(list(range(start, start + len(docs))))
-        start += len(docs)
-    return out
-
-
 def test_fp32_matches_predict_with_identical_rankings(
     reranker_artefact: Callable[[str, str], Path],  # noqa: F811
     groups: list[tuple[str, list[str]]],
@@ -56,7 +49,7 @@ def test_fp32_matches_predict_with_identical_rankings(
 
     reranker = Reranker.load(reranker_artefact("stsb", "fp32"))
     scores = reranker.predict([(q, d) for q, docs in groups for d in docs])
-    figures = agreement(torch_scores, scores, _positions(groups))
+    figures = agreement(torch_scores, scores, positions(groups))
     assert figures.max_abs_diff <= 1e-4
     assert figures.identical_rankings == 1.0
     assert np.ptp(torch_scores) > 0.3  # a trained model: scores spread over most of (0, 1)
@@ -76,7 +69,7 @@ def test_int8_ranks_as_torch_and_is_batch_invariant(
     reranker = Reranker.load(reranker_artefact("stsb", "int8"))
     pairs = [(q, d) for q, docs in groups for d in docs]
     scores = reranker.predict(pairs)
-    figures = agreement(torch_scores, scores, _positions(groups))
+    figures = agreement(torch_scores, scores, positions(groups))
     assert figures.mean_top_k_agreement >= 0.95, figures.summary()
     assert figures.spearman >= 0.99, figures.summary()
     alone = np.array([reranker.predict([p])[0] for p in pairs[:200]])
@@ -112,6 +105,6 @@ def test_bf16_on_openvino_keeps_the_ranking(
 
     reranker = Reranker.load(reranker_artefact("stsb", "bf16"))
     scores = reranker.predict([(q, d) for q, docs in groups for d in docs])
-    figures = agreement(torch_scores, scores, _positions(groups))
+    figures = agreement(torch_scores, scores, positions(groups))
     assert figures.max_abs_diff <= 3e-2 and figures.spearman >= 0.999, figures.summary()
     assert figures.mean_top_k_agreement >= 0.97, figures.summary()
